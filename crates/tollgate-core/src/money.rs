@@ -1,0 +1,191 @@
+//! Exact money: integer micro-units (10⁻⁶ of the currency unit). Never `f64`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Micro-units per currency unit.
+pub const MICROS: i64 = 1_000_000;
+
+/// An amount of money in micro-units of the configured currency.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Money(pub i64);
+
+/// Why a decimal amount could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MoneyError {
+    /// Not a plain decimal number such as `12`, `0.50` or `-3.000001`.
+    #[error("`{0}` is not a decimal amount (expected e.g. \"2.50\")")]
+    Syntax(String),
+    /// More than six decimal places.
+    #[error("`{0}` has more than 6 decimal places")]
+    TooPrecise(String),
+    /// Outside the representable range.
+    #[error("`{0}` is out of range")]
+    Overflow(String),
+}
+
+impl Money {
+    /// Zero.
+    pub const ZERO: Money = Money(0);
+
+    /// From micro-units.
+    pub const fn from_micros(m: i64) -> Self {
+        Money(m)
+    }
+
+    /// The raw micro-units.
+    pub const fn micros(self) -> i64 {
+        self.0
+    }
+
+    /// Checked addition.
+    pub fn checked_add(self, o: Money) -> Option<Money> {
+        self.0.checked_add(o.0).map(Money)
+    }
+
+    /// Checked subtraction.
+    pub fn checked_sub(self, o: Money) -> Option<Money> {
+        self.0.checked_sub(o.0).map(Money)
+    }
+
+    /// Saturating subtraction, used only for display-side values.
+    pub fn saturating_sub(self, o: Money) -> Money {
+        Money(self.0.saturating_sub(o.0))
+    }
+
+    /// Multiply by a unit count (e.g. price per request × requests).
+    pub fn checked_mul(self, n: i64) -> Option<Money> {
+        self.0.checked_mul(n).map(Money)
+    }
+
+    /// Parse a decimal string such as `"2.50"`.
+    pub fn parse(s: &str) -> Result<Money, MoneyError> {
+        let t = s.trim();
+        let (neg, body) = match t.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, t),
+        };
+        let (int, frac) = match body.split_once('.') {
+            Some((i, f)) => (i, f),
+            None => (body, ""),
+        };
+        let digits_ok = |x: &str| x.bytes().all(|b| b.is_ascii_digit());
+        if int.is_empty()
+            || !digits_ok(int)
+            || !digits_ok(frac)
+            || (body.contains('.') && frac.is_empty())
+        {
+            return Err(MoneyError::Syntax(s.to_string()));
+        }
+        if frac.len() > 6 {
+            return Err(MoneyError::TooPrecise(s.to_string()));
+        }
+        let overflow = || MoneyError::Overflow(s.to_string());
+        let int_v: i64 = int.parse().map_err(|_| overflow())?;
+        let mut frac_v: i64 = 0;
+        for (i, b) in frac.bytes().enumerate() {
+            frac_v += i64::from(b - b'0') * 10i64.pow(5 - i as u32);
+        }
+        let v = int_v
+            .checked_mul(MICROS)
+            .and_then(|x| x.checked_add(frac_v))
+            .ok_or_else(overflow)?;
+        Ok(Money(if neg { -v } else { v }))
+    }
+}
+
+impl fmt::Display for Money {
+    /// At least two decimals, at most six, trailing zeros beyond the second trimmed:
+    /// `2500000` → `2.50`, `100` → `0.0001`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = i128::from(self.0);
+        let sign = if v < 0 { "-" } else { "" };
+        let a = v.abs();
+        let int = a / i128::from(MICROS);
+        let frac = a % i128::from(MICROS);
+        let mut frac_s = format!("{frac:06}");
+        while frac_s.len() > 2 && frac_s.ends_with('0') {
+            frac_s.pop();
+        }
+        write!(f, "{sign}{int}.{frac_s}")
+    }
+}
+
+impl FromStr for Money {
+    type Err = MoneyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Money::parse(s)
+    }
+}
+
+impl Serialize for Money {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Money {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            I(i64),
+        }
+        match Raw::deserialize(d)? {
+            Raw::S(s) => Money::parse(&s).map_err(serde::de::Error::custom),
+            Raw::I(i) => i
+                .checked_mul(MICROS)
+                .map(Money)
+                .ok_or_else(|| serde::de::Error::custom("amount out of range")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn parses_and_formats() {
+        assert_eq!(Money::parse("2.50").unwrap(), Money(2_500_000));
+        assert_eq!(Money::parse("0.0001").unwrap(), Money(100));
+        assert_eq!(Money::parse("-3.000001").unwrap(), Money(-3_000_001));
+        assert_eq!(Money::parse("12").unwrap(), Money(12_000_000));
+        assert_eq!(Money(2_500_000).to_string(), "2.50");
+        assert_eq!(Money(100).to_string(), "0.0001");
+        assert_eq!(Money(-2_250_000).to_string(), "-2.25");
+        assert_eq!(Money(0).to_string(), "0.00");
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        for s in ["", "1.", ".5", "1e3", "abc", "1.2.3", "--1", "1,5"] {
+            assert!(matches!(Money::parse(s), Err(MoneyError::Syntax(_))), "{s}");
+        }
+        assert!(matches!(
+            Money::parse("0.0000001"),
+            Err(MoneyError::TooPrecise(_))
+        ));
+        assert!(matches!(
+            Money::parse("99999999999999999999"),
+            Err(MoneyError::Overflow(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn display_roundtrips(v in -1_000_000_000_000_000i64..1_000_000_000_000_000i64) {
+            let m = Money(v);
+            prop_assert_eq!(Money::parse(&m.to_string()).unwrap(), m);
+        }
+
+        #[test]
+        fn parse_never_panics(s in ".{0,40}") {
+            let _ = Money::parse(&s);
+        }
+    }
+}
