@@ -514,7 +514,7 @@ impl Config {
                 }
             }
             if u.connect_timeout_ms == 0 || u.request_timeout_ms == 0 {
-                push(format!("{p}"), "timeouts must be at least 1 ms".into());
+                push(p.clone(), "timeouts must be at least 1 ms".into());
             }
         }
 
@@ -561,7 +561,7 @@ impl Config {
             let key = (r.host.clone(), r.path_prefix.clone(), r.methods.clone());
             if !matchers.insert(key) {
                 push(
-                    format!("{p}"),
+                    p.clone(),
                     "matches exactly the same requests as an earlier route".into(),
                 );
             }

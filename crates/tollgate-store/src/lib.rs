@@ -1,1 +1,776 @@
-//! tollgate-store
+//! The store of tollgate: the in-memory directory and ledger that the hot path uses, and the
+//! SQLite file that makes them durable (see `ledger.md`). Callers go through [`Store`]; a
+//! multi-replica backend will implement the same operations with central leases.
+
+pub mod clock;
+pub mod directory;
+pub mod idempotency;
+pub mod journal;
+pub mod ledger;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde::Serialize;
+
+use tollgate_core::config::{Config, Durability, StoreConfig};
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use directory::{AuthError, ConsumerEntry, Directory, KeyEntry, SubStatus, Subscription, TenantEntry};
+pub use idempotency::{IdemGuard, IdemIndex, IdemLookup, StoredResponse};
+pub use journal::{IdemRecord, Journal, Op, StoreError, UsageRecord};
+pub use ledger::{AcctKey, AcctKind, Actual, Denied, Entry, Hold, LedgerShared, Leg, Posting, ReserveSpec};
+
+use directory::{generate_key, hash_key};
+use ledger::{ConsumerState, TenantState};
+
+/// The opened store.
+pub struct Store {
+    /// Identity, in memory.
+    pub dir: Arc<Directory>,
+    /// Reservations and holds.
+    pub ledger: Arc<LedgerShared>,
+    /// Idempotency outcomes.
+    pub idem: Arc<IdemIndex>,
+    /// Durable writes.
+    pub journal: Journal,
+    /// Durability mode.
+    pub durability: Durability,
+    reader: Mutex<Connection>,
+    clock: Arc<dyn Clock>,
+    /// Serializes admin changes to the directory so memory and disk agree.
+    admin_lock: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("durability", &self.durability).finish_non_exhaustive()
+    }
+}
+
+/// A tenant as listed by the admin API.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct TenantView {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Contact.
+    pub contact_email: Option<String>,
+    /// Upgrade URL override.
+    pub upgrade_url: Option<String>,
+    /// Top-up URL override.
+    pub top_up_url: Option<String>,
+}
+
+/// A consumer as listed by the admin API.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ConsumerView {
+    /// Id.
+    pub id: String,
+    /// Tenant id.
+    pub tenant: String,
+    /// Plan id.
+    pub plan: String,
+    /// Subscription state.
+    pub status: &'static str,
+    /// Period anchor (RFC 3339).
+    pub anchor: String,
+    /// Trial end (RFC 3339).
+    pub trial_end: Option<String>,
+    /// Grace end (RFC 3339).
+    pub grace_until: Option<String>,
+    /// Posted prepaid balance (decimal).
+    pub balance: String,
+    /// Balance held by in-flight requests (decimal).
+    pub pending: String,
+}
+
+/// A key as listed by the admin API (never the secret).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct KeyView {
+    /// Key id.
+    pub id: String,
+    /// Consumer id.
+    pub consumer: String,
+    /// Display name.
+    pub name: Option<String>,
+    /// `true` for sandbox keys.
+    pub test: bool,
+    /// Created (RFC 3339).
+    pub created_at: String,
+    /// Expiry (RFC 3339).
+    pub expires_at: Option<String>,
+    /// Revocation (RFC 3339).
+    pub revoked_at: Option<String>,
+}
+
+/// A ledger entry as listed by the admin API.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EntryView {
+    /// Hex id.
+    pub id: String,
+    /// Kind.
+    pub kind: String,
+    /// `debit` or `credit` from the consumer balance's point of view.
+    pub direction: &'static str,
+    /// Amount (decimal).
+    pub amount: String,
+    /// Charge id or top-up id.
+    pub charge_id: String,
+    /// When (RFC 3339).
+    pub created_at: String,
+}
+
+/// Usage totals of a consumer over a time range.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UsageTotals {
+    /// Requests recorded (charged or not).
+    pub requests: i64,
+    /// Requests charged.
+    pub charged_requests: i64,
+    /// Body bytes.
+    pub bytes: i64,
+    /// Money charged (decimal).
+    pub cost: String,
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339()).unwrap_or_default()
+}
+
+fn money(m: i64) -> String {
+    tollgate_core::Money(m).to_string()
+}
+
+impl Store {
+    /// Open the store described by `cfg`: create and migrate the file, load the directory,
+    /// balances, current counters and idempotency outcomes into memory, start the writer.
+    pub fn open(cfg: &StoreConfig, clock: Arc<dyn Clock>) -> Result<Store, StoreError> {
+        let strict = cfg.durability == Durability::Strict;
+        let path = Path::new(&cfg.path);
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Sql(format!("{}: {e}", parent.display())))?;
+        }
+        let conn = journal::open_connection(path, strict)?;
+        let dir = Arc::new(Directory::default());
+        let idem = Arc::new(IdemIndex::default());
+        load(&conn, &dir, &idem, clock.now_ms(), cfg.idempotency_ttl_secs as i64 * 1000)?;
+        let journal = Journal::start(conn)?;
+        let reader = journal::open_connection(path, strict)?;
+        Ok(Store {
+            dir,
+            ledger: LedgerShared::new(cfg.hold_ttl_secs as i64 * 1000),
+            idem,
+            journal,
+            durability: cfg.durability,
+            reader: Mutex::new(reader),
+            clock,
+            admin_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Make tenants, consumers and keys declared in config exist (GitOps). Existing rows keep
+    /// their balances; a config consumer's plan follows the config.
+    pub async fn sync_config(&self, cfg: &Config) -> Result<(), StoreError> {
+        for t in &cfg.tenants {
+            let view = TenantView {
+                id: t.id.clone(),
+                name: t.name.clone(),
+                contact_email: t.contact_email.clone(),
+                upgrade_url: t.upgrade_url.clone(),
+                top_up_url: t.top_up_url.clone(),
+            };
+            self.upsert_tenant(view, "config").await?;
+        }
+        for c in &cfg.consumers {
+            if self.dir.consumer(&c.id).is_none() {
+                self.create_consumer(&c.id, &c.tenant, c.name.as_deref(), &c.plan, SubStatus::Active, None, "config").await?;
+            } else {
+                self.set_subscription(&c.id, Some(&c.plan), None, None).await?;
+            }
+            for k in &c.keys {
+                if self.dir.keys.contains_key(k.id.as_str()) {
+                    continue;
+                }
+                let mut hash = [0u8; 32];
+                hex::decode_to_slice(&k.sha256, &mut hash).map_err(|e| StoreError::Conflict(e.to_string()))?;
+                self.insert_key(&k.id, &c.id, hash, false, None, None, "config").await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Create or update a tenant.
+    pub async fn upsert_tenant(&self, t: TenantView, source: &'static str) -> Result<TenantView, StoreError> {
+        let _g = self.admin_lock.lock().await;
+        let now = self.clock.now_ms();
+        let tv = t.clone();
+        let seq = self
+            .journal
+            .admin(move |tx| {
+                tx.execute(
+                    "INSERT INTO tenants(id, name, contact_email, upgrade_url, top_up_url, source, created_ms)
+                     VALUES(?1,?2,?3,?4,?5,?6,?7) ON CONFLICT(id) DO UPDATE SET name=excluded.name,
+                     contact_email=excluded.contact_email, upgrade_url=excluded.upgrade_url,
+                     top_up_url=excluded.top_up_url",
+                    params![tv.id, tv.name, tv.contact_email, tv.upgrade_url, tv.top_up_url, source, now],
+                )?;
+                Ok(tx.query_row("SELECT seq FROM tenants WHERE id=?1", [&tv.id], |r| r.get::<_, i64>(0))?)
+            })
+            .await?;
+        // Tenant entries are immutable for the hot path; updating one swaps it in every
+        // consumer only on restart, so keep counters by replacing only the URLs/contact.
+        match self.dir.tenant(&t.id) {
+            Some(_) => {
+                // Contact and URLs changed: rebuild the entry but keep its counters.
+                let old = self.dir.tenant(&t.id);
+                let counters = old.map(|o| o.state.lock().counters.clone()).unwrap_or_default();
+                let entry = Arc::new(tenant_entry(seq, &t, counters));
+                self.dir.tenants.insert(t.id.clone().into(), Arc::clone(&entry));
+                // Consumers keep pointing at the old entry until restart for counters; the
+                // new URLs are looked up by id on the 402 path.
+            }
+            None => {
+                let entry = Arc::new(tenant_entry(seq, &t, Default::default()));
+                self.dir.tenants.insert(t.id.clone().into(), entry);
+            }
+        }
+        Ok(t)
+    }
+
+    /// Create a consumer with a subscription to `plan`.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_consumer(
+        &self,
+        id: &str,
+        tenant: &str,
+        name: Option<&str>,
+        plan: &str,
+        status: SubStatus,
+        trial_end_ms: Option<i64>,
+        source: &'static str,
+    ) -> Result<ConsumerView, StoreError> {
+        let _g = self.admin_lock.lock().await;
+        let t = self.dir.tenant(tenant).ok_or_else(|| StoreError::NotFound(format!("tenant `{tenant}`")))?;
+        if self.dir.consumer(id).is_some() {
+            return Err(StoreError::Conflict(format!("consumer `{id}` exists")));
+        }
+        let now = self.clock.now_ms();
+        let (idc, tc, nc, pc) = (id.to_string(), tenant.to_string(), name.map(str::to_string), plan.to_string());
+        let seq = self
+            .journal
+            .admin(move |tx| {
+                tx.execute(
+                    "INSERT INTO consumers(id, tenant_id, name, source, created_ms, plan_id, status, anchor_ms,
+                     trial_end_ms, grace_until_ms, updated_ms) VALUES(?1,?2,?3,?4,?5,?6,?7,?5,?8,NULL,?5)",
+                    params![idc, tc, nc, source, now, pc, status.as_str(), trial_end_ms],
+                )?;
+                Ok(tx.last_insert_rowid())
+            })
+            .await?;
+        let sub = Subscription { plan: plan.into(), status, anchor_ms: now, trial_end_ms, grace_until_ms: None };
+        let entry = Arc::new(ConsumerEntry {
+            id: id.into(),
+            seq,
+            tenant: t,
+            state: Mutex::new(ConsumerState::new(sub)),
+            rate_tat: AtomicU64::new(0),
+        });
+        self.dir.consumers.insert(id.into(), Arc::clone(&entry));
+        Ok(self.consumer_view(&entry))
+    }
+
+    /// A consumer's admin view.
+    pub fn consumer_view(&self, c: &ConsumerEntry) -> ConsumerView {
+        let st = c.state.lock();
+        ConsumerView {
+            id: c.id.to_string(),
+            tenant: c.tenant.id.to_string(),
+            plan: st.sub.plan.to_string(),
+            status: st.sub.status.as_str(),
+            anchor: rfc3339(st.sub.anchor_ms),
+            trial_end: st.sub.trial_end_ms.map(rfc3339),
+            grace_until: st.sub.grace_until_ms.map(rfc3339),
+            balance: money(st.posted_balance()),
+            pending: money(st.balance_pending),
+        }
+    }
+
+    /// Change a subscription's plan and/or status. A plan change keeps the period anchor, so
+    /// usage already counted in the period stays counted against the new plan's quota.
+    pub async fn set_subscription(
+        &self,
+        consumer: &str,
+        plan: Option<&str>,
+        status: Option<SubStatus>,
+        grace_until_ms: Option<Option<i64>>,
+    ) -> Result<ConsumerView, StoreError> {
+        let _g = self.admin_lock.lock().await;
+        let c = self.dir.consumer(consumer).ok_or_else(|| StoreError::NotFound(format!("consumer `{consumer}`")))?;
+        let mut sub = c.state.lock().sub.clone();
+        if let Some(p) = plan {
+            sub.plan = p.into();
+        }
+        if let Some(s) = status {
+            sub.status = s;
+        }
+        if let Some(g) = grace_until_ms {
+            sub.grace_until_ms = g;
+        }
+        let now = self.clock.now_ms();
+        let (id, s2) = (consumer.to_string(), sub.clone());
+        self.journal
+            .admin(move |tx| {
+                tx.execute(
+                    "UPDATE consumers SET plan_id=?2, status=?3, grace_until_ms=?4, updated_ms=?5 WHERE id=?1",
+                    params![id, s2.plan.as_ref(), s2.status.as_str(), s2.grace_until_ms, now],
+                )?;
+                Ok(())
+            })
+            .await?;
+        c.state.lock().sub = sub;
+        Ok(self.consumer_view(&c))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn insert_key(
+        &self,
+        id: &str,
+        consumer: &str,
+        hash: [u8; 32],
+        test: bool,
+        name: Option<&str>,
+        expires_ms: Option<i64>,
+        source: &'static str,
+    ) -> Result<Arc<KeyEntry>, StoreError> {
+        let c = self.dir.consumer(consumer).ok_or_else(|| StoreError::NotFound(format!("consumer `{consumer}`")))?;
+        let now = self.clock.now_ms();
+        let (idc, cc, nc) = (id.to_string(), consumer.to_string(), name.map(str::to_string));
+        let seq = self
+            .journal
+            .admin(move |tx| {
+                tx.execute(
+                    "INSERT INTO api_keys(id, consumer_id, hash, test, name, source, created_ms, expires_ms)
+                     VALUES(?1,?2,?3,?4,?5,?6,?7,?8)",
+                    params![idc, cc, &hash[..], test, nc, source, now, expires_ms],
+                )?;
+                Ok(tx.last_insert_rowid())
+            })
+            .await?;
+        let entry = Arc::new(KeyEntry {
+            id: id.into(),
+            seq,
+            hash,
+            consumer: c,
+            test,
+            expires_at_ms: expires_ms,
+            revoked_at_ms: AtomicI64::new(0),
+            rate_tat: AtomicU64::new(0),
+        });
+        self.dir.keys.insert(id.into(), Arc::clone(&entry));
+        Ok(entry)
+    }
+
+    /// Create a key; returns its view and the full key string (shown once, never stored).
+    pub async fn create_key(
+        &self,
+        consumer: &str,
+        name: Option<&str>,
+        expires_ms: Option<i64>,
+        test: bool,
+    ) -> Result<(KeyView, String), StoreError> {
+        let _g = self.admin_lock.lock().await;
+        let (id, key) = generate_key(test);
+        let e = self.insert_key(&id, consumer, hash_key(&key), test, name, expires_ms, "api").await?;
+        Ok((self.key_view(&e, name.map(str::to_string)), key))
+    }
+
+    fn key_view(&self, e: &KeyEntry, name: Option<String>) -> KeyView {
+        let rv = e.revoked_at_ms.load(std::sync::atomic::Ordering::Relaxed);
+        KeyView {
+            id: e.id.to_string(),
+            consumer: e.consumer.id.to_string(),
+            name,
+            test: e.test,
+            created_at: String::new(),
+            expires_at: e.expires_at_ms.map(rfc3339),
+            revoked_at: (rv != 0).then(|| rfc3339(rv)),
+        }
+    }
+
+    /// Revoke a key at `at_ms` (now when `None`).
+    pub async fn revoke_key(&self, id: &str, at_ms: Option<i64>) -> Result<(), StoreError> {
+        let _g = self.admin_lock.lock().await;
+        let e = self.dir.keys.get(id).map(|e| Arc::clone(e.value())).ok_or_else(|| StoreError::NotFound(format!("key `{id}`")))?;
+        let at = at_ms.unwrap_or_else(|| self.clock.now_ms()).max(1);
+        let idc = id.to_string();
+        self.journal
+            .admin(move |tx| {
+                tx.execute("UPDATE api_keys SET revoked_ms=?2 WHERE id=?1", params![idc, at])?;
+                Ok(())
+            })
+            .await?;
+        e.revoked_at_ms.store(at, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Rotate a key: a new key for the same consumer; the old one keeps working for
+    /// `overlap_ms`, then is revoked.
+    pub async fn rotate_key(&self, id: &str, overlap_ms: i64) -> Result<(KeyView, String), StoreError> {
+        let old = self.dir.keys.get(id).map(|e| Arc::clone(e.value())).ok_or_else(|| StoreError::NotFound(format!("key `{id}`")))?;
+        if old.revoked_at_ms.load(std::sync::atomic::Ordering::SeqCst) != 0 {
+            return Err(StoreError::Conflict(format!("key `{id}` is revoked")));
+        }
+        let created = self.create_key(&old.consumer.id, None, old.expires_at_ms, old.test).await?;
+        self.revoke_key(id, Some(self.clock.now_ms() + overlap_ms.max(0))).await?;
+        Ok(created)
+    }
+
+    /// List keys of a consumer.
+    pub fn list_keys(&self, consumer: &str) -> Result<Vec<KeyView>, StoreError> {
+        let conn = self.reader.lock();
+        let mut st = conn.prepare(
+            "SELECT id, consumer_id, name, test, created_ms, expires_ms, revoked_ms FROM api_keys
+             WHERE consumer_id=?1 ORDER BY seq",
+        )?;
+        let rows = st.query_map([consumer], |r| {
+            Ok(KeyView {
+                id: r.get(0)?,
+                consumer: r.get(1)?,
+                name: r.get(2)?,
+                test: r.get(3)?,
+                created_at: rfc3339(r.get(4)?),
+                expires_at: r.get::<_, Option<i64>>(5)?.map(rfc3339),
+                revoked_at: r.get::<_, Option<i64>>(6)?.map(rfc3339),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// List tenants.
+    pub fn list_tenants(&self) -> Vec<TenantView> {
+        let mut v: Vec<TenantView> = self.dir.tenants.iter().map(|t| tenant_view(t.value())).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// List consumers, optionally of one tenant, at most `limit` from `after` (by id).
+    pub fn list_consumers(&self, tenant: Option<&str>, after: Option<&str>, limit: usize) -> Vec<ConsumerView> {
+        let mut ids: Vec<Arc<ConsumerEntry>> = self
+            .dir
+            .consumers
+            .iter()
+            .filter(|c| tenant.is_none_or(|t| &*c.tenant.id == t))
+            .filter(|c| after.is_none_or(|a| &*c.id > a))
+            .map(|c| Arc::clone(c.value()))
+            .collect();
+        ids.sort_by(|a, b| a.id.cmp(&b.id));
+        ids.truncate(limit);
+        ids.iter().map(|c| self.consumer_view(c)).collect()
+    }
+
+    /// Credit (positive) or debit (negative) a consumer's prepaid balance. `op_id` makes it
+    /// idempotent: the same id applies once. Returns the posted balance after it and whether
+    /// it was applied now.
+    pub async fn adjust_balance(&self, consumer: &str, amount: i64, op_id: &str, kind: &'static str) -> Result<(i64, bool), StoreError> {
+        let _g = self.admin_lock.lock().await;
+        let c = self.dir.consumer(consumer).ok_or_else(|| StoreError::NotFound(format!("consumer `{consumer}`")))?;
+        if amount == 0 {
+            return Err(StoreError::Conflict("amount must not be zero".into()));
+        }
+        let bal = AcctKey { kind: AcctKind::Balance, owner: c.seq, period: 0 };
+        let funding = AcctKey { kind: AcctKind::Funding, owner: 0, period: 0 };
+        let (debit, credit) = if amount > 0 { (funding, bal) } else { (bal, funding) };
+        let id = ledger::entry_id(c.tenant.seq, op_id, kind, 0);
+        let now = self.clock.now_ms();
+        let (op, abs) = (op_id.to_string(), amount.abs());
+        let applied = self
+            .journal
+            .admin(move |tx| {
+                let n = tx.execute(
+                    "INSERT INTO entries(id, kind, debit_kind, debit_owner, debit_period, credit_kind,
+                     credit_owner, credit_period, amount, charge_id, created_ms)
+                     VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11) ON CONFLICT(id) DO NOTHING",
+                    params![&id[..], kind, debit.kind as u8, debit.owner, debit.period, credit.kind as u8,
+                            credit.owner, credit.period, abs, op, now],
+                )?;
+                if n == 1 {
+                    for (k, c, d) in [(debit, 0, abs), (credit, abs, 0)] {
+                        tx.execute(
+                            "INSERT INTO accounts(kind, owner, period, credits, debits) VALUES(?1,?2,?3,?4,?5)
+                             ON CONFLICT(kind, owner, period) DO UPDATE SET credits=credits+excluded.credits,
+                             debits=debits+excluded.debits",
+                            params![k.kind as u8, k.owner, k.period, c, d],
+                        )?;
+                    }
+                }
+                Ok(n == 1)
+            })
+            .await?;
+        let mut st = c.state.lock();
+        if applied {
+            if amount > 0 {
+                st.balance_credits += amount;
+            } else {
+                st.balance_debits -= amount;
+            }
+        }
+        Ok((st.posted_balance(), applied))
+    }
+
+    /// Entries touching a consumer's prepaid balance, newest first.
+    pub fn list_entries(&self, consumer: &str, limit: usize) -> Result<Vec<EntryView>, StoreError> {
+        let c = self.dir.consumer(consumer).ok_or_else(|| StoreError::NotFound(format!("consumer `{consumer}`")))?;
+        let conn = self.reader.lock();
+        let mut st = conn.prepare(
+            "SELECT id, kind, debit_kind = 1 AND debit_owner = ?1, amount, charge_id, created_ms FROM entries
+             WHERE (debit_kind = 1 AND debit_owner = ?1) OR (credit_kind = 1 AND credit_owner = ?1)
+             ORDER BY created_ms DESC LIMIT ?2",
+        )?;
+        let rows = st.query_map(params![c.seq, limit as i64], |r| {
+            let id: Vec<u8> = r.get(0)?;
+            let is_debit: bool = r.get(2)?;
+            Ok(EntryView {
+                id: hex::encode(id),
+                kind: r.get(1)?,
+                direction: if is_debit { "debit" } else { "credit" },
+                amount: money(r.get(3)?),
+                charge_id: r.get(4)?,
+                created_at: rfc3339(r.get(5)?),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Usage totals of a consumer in `[from_ms, to_ms)`.
+    pub fn usage_totals(&self, consumer: &str, from_ms: i64, to_ms: i64) -> Result<UsageTotals, StoreError> {
+        let c = self.dir.consumer(consumer).ok_or_else(|| StoreError::NotFound(format!("consumer `{consumer}`")))?;
+        let conn = self.reader.lock();
+        let (requests, charged, bytes, cost): (i64, i64, i64, i64) = conn.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(charged),0), COALESCE(SUM(bytes),0), COALESCE(SUM(cost),0)
+             FROM usage WHERE consumer_seq=?1 AND occurred_ms >= ?2 AND occurred_ms < ?3",
+            params![c.seq, from_ms, to_ms],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
+        Ok(UsageTotals { requests, charged_requests: charged, bytes, cost: money(cost) })
+    }
+
+    /// Count of charged usage rows for a request id (tests and audits).
+    pub fn charged_count(&self, request_id: &str) -> Result<i64, StoreError> {
+        let conn = self.reader.lock();
+        Ok(conn.query_row("SELECT COUNT(*) FROM usage WHERE request_id=?1 AND charged=1", [request_id], |r| r.get(0))?)
+    }
+}
+
+fn tenant_entry(seq: i64, t: &TenantView, counters: ledger::Counters) -> TenantEntry {
+    TenantEntry {
+        id: t.id.clone().into(),
+        seq,
+        name: t.name.clone().into(),
+        contact_email: t.contact_email.clone().map(Into::into),
+        upgrade_url: t.upgrade_url.clone().map(Into::into),
+        top_up_url: t.top_up_url.clone().map(Into::into),
+        state: Mutex::new(TenantState { counters }),
+    }
+}
+
+fn tenant_view(t: &TenantEntry) -> TenantView {
+    TenantView {
+        id: t.id.to_string(),
+        name: t.name.to_string(),
+        contact_email: t.contact_email.as_deref().map(str::to_string),
+        upgrade_url: t.upgrade_url.as_deref().map(str::to_string),
+        top_up_url: t.top_up_url.as_deref().map(str::to_string),
+    }
+}
+
+/// Load everything the hot path needs. Holds are not durable: a request that had not settled
+/// before a crash never got a success response, so its hold is simply gone on restart.
+fn load(conn: &Connection, dir: &Directory, idem: &IdemIndex, now_ms: i64, idem_ttl_ms: i64) -> Result<(), StoreError> {
+    let mut by_seq_tenant = std::collections::HashMap::new();
+    {
+        let mut st = conn.prepare("SELECT seq, id, name, contact_email, upgrade_url, top_up_url FROM tenants")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let v = TenantView { id: r.get(1)?, name: r.get(2)?, contact_email: r.get(3)?, upgrade_url: r.get(4)?, top_up_url: r.get(5)? };
+            let e = Arc::new(tenant_entry(r.get(0)?, &v, Default::default()));
+            by_seq_tenant.insert(e.seq, Arc::clone(&e));
+            dir.tenants.insert(v.id.into(), e);
+        }
+    }
+    let mut by_seq_consumer = std::collections::HashMap::new();
+    {
+        let mut st = conn.prepare(
+            "SELECT c.seq, c.id, c.tenant_id, c.plan_id, c.status, c.anchor_ms, c.trial_end_ms, c.grace_until_ms,
+             COALESCE(a.credits, 0), COALESCE(a.debits, 0)
+             FROM consumers c LEFT JOIN accounts a ON a.kind = 1 AND a.owner = c.seq AND a.period = 0",
+        )?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let tenant_id: String = r.get(2)?;
+            let Some(tenant) = dir.tenant(&tenant_id) else {
+                tracing::warn!(tenant = %tenant_id, "consumer of an unknown tenant skipped");
+                continue;
+            };
+            let status: String = r.get(4)?;
+            let plan: String = r.get(3)?;
+            let sub = Subscription {
+                plan: plan.into(),
+                status: SubStatus::parse(&status).unwrap_or(SubStatus::Suspended),
+                anchor_ms: r.get(5)?,
+                trial_end_ms: r.get(6)?,
+                grace_until_ms: r.get(7)?,
+            };
+            let mut state = ConsumerState::new(sub);
+            state.balance_credits = r.get(8)?;
+            state.balance_debits = r.get(9)?;
+            let id: String = r.get(1)?;
+            let e = Arc::new(ConsumerEntry { id: id.clone().into(), seq: r.get(0)?, tenant, state: Mutex::new(state), rate_tat: AtomicU64::new(0) });
+            by_seq_consumer.insert(e.seq, Arc::clone(&e));
+            dir.consumers.insert(id.into(), e);
+        }
+    }
+    let mut key_owner = std::collections::HashMap::new();
+    {
+        let mut st = conn.prepare("SELECT seq, id, consumer_id, hash, test, expires_ms, revoked_ms FROM api_keys")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let cid: String = r.get(2)?;
+            let Some(c) = dir.consumer(&cid) else { continue };
+            let hash: Vec<u8> = r.get(3)?;
+            let mut h = [0u8; 32];
+            if hash.len() != 32 {
+                continue;
+            }
+            h.copy_from_slice(&hash);
+            let id: String = r.get(1)?;
+            let seq: i64 = r.get(0)?;
+            key_owner.insert(seq, Arc::clone(&c));
+            let e = Arc::new(KeyEntry {
+                id: id.clone().into(),
+                seq,
+                hash: h,
+                consumer: c,
+                test: r.get(4)?,
+                expires_at_ms: r.get(5)?,
+                revoked_at_ms: AtomicI64::new(r.get::<_, Option<i64>>(6)?.unwrap_or(0)),
+                rate_tat: AtomicU64::new(0),
+            });
+            dir.keys.insert(id.into(), e);
+        }
+    }
+    {
+        // Counters of recent periods (older ones cannot be current).
+        let since = now_ms / 1000 - 400 * 86_400;
+        let mut st = conn.prepare("SELECT kind, owner, period, debits FROM accounts WHERE kind BETWEEN 2 AND 6 AND period >= ?1")?;
+        let mut rows = st.query([since])?;
+        while let Some(r) = rows.next()? {
+            let Some(kind) = AcctKind::from_u8(r.get::<_, i64>(0)? as u8) else { continue };
+            let key = AcctKey { kind, owner: r.get(1)?, period: r.get(2)? };
+            let debits: i64 = r.get(3)?;
+            match kind {
+                AcctKind::CapTenant => {
+                    if let Some(t) = by_seq_tenant.get(&key.owner) {
+                        t.state.lock().counters.set_posted(key, debits);
+                    }
+                }
+                AcctKind::CapKey => {
+                    if let Some(c) = key_owner.get(&key.owner) {
+                        c.state.lock().counters.set_posted(key, debits);
+                    }
+                }
+                _ => {
+                    if let Some(c) = by_seq_consumer.get(&key.owner) {
+                        c.state.lock().counters.set_posted(key, debits);
+                    }
+                }
+            }
+        }
+    }
+    {
+        let mut st = conn.prepare("SELECT consumer_seq, key, fingerprint, status, headers, body, created_ms FROM idempotency WHERE created_ms >= ?1")?;
+        let mut rows = st.query([now_ms - idem_ttl_ms])?;
+        while let Some(r) = rows.next()? {
+            let fp: Vec<u8> = r.get(2)?;
+            let mut f = [0u8; 32];
+            if fp.len() != 32 {
+                continue;
+            }
+            f.copy_from_slice(&fp);
+            let headers: String = r.get(4)?;
+            let key: String = r.get(1)?;
+            idem.load(
+                r.get(0)?,
+                &key,
+                f,
+                StoredResponse {
+                    status: r.get(3)?,
+                    headers: serde_json::from_str(&headers).unwrap_or_default(),
+                    body: r.get(5)?,
+                    created_ms: r.get(6)?,
+                },
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Bulk-create `n` consumers of `tenant` on `plan`, each with one key and `balance`, straight
+/// into the file (offline; the gateway must not be running on it). Returns the keys.
+pub fn seed(path: &Path, tenant: &str, plan: &str, n: usize, balance: i64, prefix: &str) -> Result<Vec<String>, StoreError> {
+    let mut conn = journal::open_connection(path, false)?;
+    let tx = conn.transaction()?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let tseq: Option<i64> = tx.query_row("SELECT seq FROM tenants WHERE id=?1", [tenant], |r| r.get(0)).optional()?;
+    let tseq = match tseq {
+        Some(s) => s,
+        None => {
+            tx.execute("INSERT INTO tenants(id, name, created_ms) VALUES(?1, ?1, ?2)", params![tenant, now])?;
+            tx.last_insert_rowid()
+        }
+    };
+    let mut keys = Vec::with_capacity(n);
+    {
+        let mut ins_c = tx.prepare(
+            "INSERT INTO consumers(id, tenant_id, source, created_ms, plan_id, status, anchor_ms, updated_ms)
+             VALUES(?1, ?2, 'seed', ?3, ?4, 'active', ?3, ?3)",
+        )?;
+        let mut ins_k = tx.prepare("INSERT INTO api_keys(id, consumer_id, hash, source, created_ms) VALUES(?1, ?2, ?3, 'seed', ?4)")?;
+        let mut ins_e = tx.prepare(
+            "INSERT INTO entries(id, kind, debit_kind, debit_owner, debit_period, credit_kind, credit_owner, credit_period,
+             amount, charge_id, created_ms) VALUES(?1, 'topup', 102, 0, 0, 1, ?2, 0, ?3, ?4, ?5)",
+        )?;
+        let mut ins_a = tx.prepare("INSERT INTO accounts(kind, owner, period, credits, debits) VALUES(1, ?1, 0, ?2, 0)")?;
+        for i in 0..n {
+            let cid = format!("{prefix}{i}");
+            ins_c.execute(params![cid, tenant, now, plan])?;
+            let cseq = tx.last_insert_rowid();
+            let (kid, key) = generate_key(false);
+            ins_k.execute(params![kid, cid, &hash_key(&key)[..], now])?;
+            if balance > 0 {
+                let op = format!("seed-{cid}");
+                ins_e.execute(params![&ledger::entry_id(tseq, &op, "topup", 0)[..], cseq, balance, op, now])?;
+                ins_a.execute(params![cseq, balance])?;
+            }
+            keys.push(key);
+        }
+        if balance > 0 {
+            tx.execute(
+                "INSERT INTO accounts(kind, owner, period, credits, debits) VALUES(102, 0, 0, 0, ?1)
+                 ON CONFLICT(kind, owner, period) DO UPDATE SET debits = debits + excluded.debits",
+                params![balance * n as i64],
+            )?;
+        }
+    }
+    tx.commit()?;
+    Ok(keys)
+}

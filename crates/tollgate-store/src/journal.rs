@@ -1,0 +1,363 @@
+//! The durable record: one SQLite file, one writer thread that commits whatever has queued up
+//! in a single transaction (group commit), so an fsync is shared by every request in the
+//! batch. In strict mode a caller awaits [`Journal::write`] before releasing its response.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc;
+use std::thread;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use tokio::sync::oneshot;
+
+use crate::ledger::{AcctKey, Entry};
+
+/// Failure of the store.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite reported an error.
+    #[error("store error: {0}")]
+    Sql(String),
+    /// The writer thread is gone (shutdown or crash).
+    #[error("store writer stopped")]
+    WriterGone,
+    /// A row that must exist does not.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The operation conflicts with existing data.
+    #[error("conflict: {0}")]
+    Conflict(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sql(e.to_string())
+    }
+}
+
+/// One request's usage event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageRecord {
+    /// Charge id (request id, or consumer-scoped idempotency key).
+    pub charge_id: String,
+    /// Request id as sent to the client.
+    pub request_id: String,
+    /// Tenant seq.
+    pub tenant_seq: i64,
+    /// Consumer seq (0 for anonymous).
+    pub consumer_seq: i64,
+    /// Key id.
+    pub key_id: Option<String>,
+    /// Route id.
+    pub route: String,
+    /// HTTP status returned (0 when no response came from upstream).
+    pub status: u16,
+    /// Requests counted.
+    pub requests: i64,
+    /// Body bytes counted.
+    pub bytes: i64,
+    /// Money charged (micro-units).
+    pub cost: i64,
+    /// Whether it was charged.
+    pub charged: bool,
+    /// When, Unix ms.
+    pub occurred_ms: i64,
+}
+
+/// A stored `Idempotency-Key` outcome.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdemRecord {
+    /// Consumer seq.
+    pub consumer_seq: i64,
+    /// The client's key.
+    pub key: String,
+    /// SHA-256 of method, path and body.
+    pub fingerprint: [u8; 32],
+    /// Response status.
+    pub status: u16,
+    /// Response headers worth replaying, as `(name, value)`.
+    pub headers: Vec<(String, String)>,
+    /// Response body, when it was small enough to keep.
+    pub body: Option<Vec<u8>>,
+    /// When, Unix ms.
+    pub created_ms: i64,
+}
+
+/// Admin mutation run inside the writer's transaction.
+pub type AdminOp = Box<dyn FnOnce(&Transaction<'_>) -> Result<(), StoreError> + Send>;
+
+/// What the writer applies.
+pub enum Op {
+    /// A settled request: its usage event, entries and idempotency outcome.
+    Charge {
+        /// Usage event.
+        usage: Box<UsageRecord>,
+        /// Balanced entries (may be empty for an uncharged request).
+        entries: Vec<Entry>,
+        /// Idempotency outcome to remember.
+        idem: Option<Box<IdemRecord>>,
+    },
+    /// Entries alone (late byte counts and other follow-up postings).
+    Entries {
+        /// Charge id the entries belong to.
+        charge_id: String,
+        /// When, Unix ms.
+        occurred_ms: i64,
+        /// The entries.
+        entries: Vec<Entry>,
+    },
+    /// An admin change.
+    Admin(AdminOp),
+}
+
+struct Job {
+    op: Op,
+    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+/// Handle to the writer thread.
+#[derive(Clone)]
+pub struct Journal {
+    tx: mpsc::Sender<Job>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Journal")
+    }
+}
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tenants(
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, name TEXT NOT NULL,
+  contact_email TEXT, upgrade_url TEXT, top_up_url TEXT, source TEXT NOT NULL DEFAULT 'api',
+  created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS consumers(
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, tenant_id TEXT NOT NULL,
+  name TEXT, source TEXT NOT NULL DEFAULT 'api', created_ms INTEGER NOT NULL,
+  plan_id TEXT NOT NULL, status TEXT NOT NULL, anchor_ms INTEGER NOT NULL,
+  trial_end_ms INTEGER, grace_until_ms INTEGER, updated_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS api_keys(
+  seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, consumer_id TEXT NOT NULL,
+  hash BLOB NOT NULL, test INTEGER NOT NULL DEFAULT 0, name TEXT, source TEXT NOT NULL DEFAULT 'api',
+  created_ms INTEGER NOT NULL, expires_ms INTEGER, revoked_ms INTEGER);
+CREATE INDEX IF NOT EXISTS api_keys_consumer ON api_keys(consumer_id);
+CREATE TABLE IF NOT EXISTS accounts(
+  kind INTEGER NOT NULL, owner INTEGER NOT NULL, period INTEGER NOT NULL,
+  credits INTEGER NOT NULL DEFAULT 0, debits INTEGER NOT NULL DEFAULT 0,
+  PRIMARY KEY(kind, owner, period)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS entries(
+  id BLOB PRIMARY KEY, kind TEXT NOT NULL,
+  debit_kind INTEGER NOT NULL, debit_owner INTEGER NOT NULL, debit_period INTEGER NOT NULL,
+  credit_kind INTEGER NOT NULL, credit_owner INTEGER NOT NULL, credit_period INTEGER NOT NULL,
+  amount INTEGER NOT NULL CHECK(amount > 0), charge_id TEXT NOT NULL, created_ms INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS usage(
+  charge_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, tenant_seq INTEGER NOT NULL,
+  consumer_seq INTEGER NOT NULL, key_id TEXT, route TEXT NOT NULL, status INTEGER NOT NULL,
+  requests INTEGER NOT NULL, bytes INTEGER NOT NULL, cost INTEGER NOT NULL,
+  charged INTEGER NOT NULL, occurred_ms INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS usage_consumer_time ON usage(consumer_seq, occurred_ms);
+CREATE TABLE IF NOT EXISTS idempotency(
+  consumer_seq INTEGER NOT NULL, key TEXT NOT NULL, fingerprint BLOB NOT NULL,
+  status INTEGER NOT NULL, headers TEXT NOT NULL, body BLOB, created_ms INTEGER NOT NULL,
+  PRIMARY KEY(consumer_seq, key)) WITHOUT ROWID;
+"#;
+
+/// Schema version written to `meta`.
+pub const SCHEMA_VERSION: &str = "1";
+
+/// Open (creating and migrating) the database at `path` with the pragmas for `strict`.
+pub fn open_connection(path: &Path, strict: bool) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", if strict { "FULL" } else { "NORMAL" })?;
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    conn.execute_batch(SCHEMA)?;
+    let v: Option<String> =
+        conn.query_row("SELECT v FROM meta WHERE k='schema'", [], |r| r.get(0)).optional()?;
+    match v.as_deref() {
+        None => {
+            conn.execute("INSERT INTO meta(k, v) VALUES('schema', ?1)", [SCHEMA_VERSION])?;
+        }
+        Some(SCHEMA_VERSION) => {}
+        Some(other) => {
+            return Err(StoreError::Sql(format!(
+                "database schema version {other} is newer than this binary understands ({SCHEMA_VERSION})"
+            )))
+        }
+    }
+    Ok(conn)
+}
+
+impl Journal {
+    /// Start the writer thread on `conn`.
+    pub fn start(conn: Connection) -> Result<Journal, StoreError> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        thread::Builder::new()
+            .name("tollgate-journal".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|e| StoreError::Sql(format!("cannot start writer thread: {e}")))?;
+        Ok(Journal { tx })
+    }
+
+    /// Queue `op` and wait until it is durable.
+    pub async fn write(&self, op: Op) -> Result<(), StoreError> {
+        let (done, rx) = oneshot::channel();
+        self.tx.send(Job { op, done: Some(done) }).map_err(|_| StoreError::WriterGone)?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Queue `op` without waiting (relaxed durability, background records).
+    pub fn write_nowait(&self, op: Op) -> Result<(), StoreError> {
+        self.tx.send(Job { op, done: None }).map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Run `f` inside the writer's transaction, durably, and return its output.
+    pub async fn admin<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let slot = std::sync::Arc::new(parking_lot::Mutex::new(None));
+        let out = std::sync::Arc::clone(&slot);
+        self.write(Op::Admin(Box::new(move |tx| {
+            let v = f(tx)?;
+            *out.lock() = Some(v);
+            Ok(())
+        })))
+        .await?;
+        let v = slot.lock().take();
+        v.ok_or(StoreError::WriterGone)
+    }
+}
+
+const MAX_BATCH: usize = 4096;
+
+fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(MAX_BATCH);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        results.clear();
+        let outcome = commit_batch(&mut conn, &mut batch, &mut results);
+        for (i, job) in batch.drain(..).enumerate() {
+            let r = match &outcome {
+                Ok(()) => results.get(i).cloned().unwrap_or(Ok(())),
+                Err(e) => Err(e.clone()),
+            };
+            if let Err(e) = &r {
+                tracing::error!(error = %e, "journal write failed");
+            }
+            if let Some(d) = job.done {
+                let _ = d.send(r);
+            }
+        }
+    }
+    tracing::debug!("journal writer stopped");
+}
+
+fn commit_batch(conn: &mut Connection, batch: &mut [Job], results: &mut Vec<Result<(), StoreError>>) -> Result<(), StoreError> {
+    let tx = conn.transaction()?;
+    let mut deltas: HashMap<AcctKey, (i64, i64)> = HashMap::new();
+    for job in batch.iter_mut() {
+        let op = std::mem::replace(
+            &mut job.op,
+            Op::Entries { charge_id: String::new(), occurred_ms: 0, entries: Vec::new() },
+        );
+        let r = match op {
+            Op::Charge { usage, entries, idem } => apply_charge(&tx, &usage, &entries, idem.as_deref(), &mut deltas),
+            Op::Entries { charge_id, occurred_ms, entries } => {
+                insert_entries(&tx, &entries, &charge_id, occurred_ms, &mut deltas)
+            }
+            Op::Admin(f) => {
+                // A failing admin change must not undo the requests committed with it.
+                tx.execute_batch("SAVEPOINT admin_op")?;
+                match f(&tx) {
+                    Ok(()) => tx.execute_batch("RELEASE admin_op").map_err(StoreError::from),
+                    Err(e) => {
+                        tx.execute_batch("ROLLBACK TO admin_op; RELEASE admin_op")?;
+                        Err(e)
+                    }
+                }
+            }
+        };
+        results.push(r);
+    }
+    {
+        let mut up = tx.prepare_cached(
+            "INSERT INTO accounts(kind, owner, period, credits, debits) VALUES(?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(kind, owner, period) DO UPDATE SET credits = credits + excluded.credits,
+             debits = debits + excluded.debits",
+        )?;
+        for (k, (c, d)) in &deltas {
+            up.execute(params![k.kind as u8, k.owner, k.period, c, d])?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn apply_charge(
+    tx: &Transaction<'_>,
+    u: &UsageRecord,
+    entries: &[Entry],
+    idem: Option<&IdemRecord>,
+    deltas: &mut HashMap<AcctKey, (i64, i64)>,
+) -> Result<(), StoreError> {
+    let mut st = tx.prepare_cached(
+        "INSERT INTO usage(charge_id, request_id, tenant_seq, consumer_seq, key_id, route, status,
+         requests, bytes, cost, charged, occurred_ms) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)
+         ON CONFLICT(charge_id) DO NOTHING",
+    )?;
+    st.execute(params![
+        u.charge_id, u.request_id, u.tenant_seq, u.consumer_seq, u.key_id, u.route, u.status,
+        u.requests, u.bytes, u.cost, u.charged, u.occurred_ms
+    ])?;
+    insert_entries(tx, entries, &u.charge_id, u.occurred_ms, deltas)?;
+    if let Some(i) = idem {
+        let headers = serde_json::to_string(&i.headers).map_err(|e| StoreError::Sql(e.to_string()))?;
+        let mut st = tx.prepare_cached(
+            "INSERT INTO idempotency(consumer_seq, key, fingerprint, status, headers, body, created_ms)
+             VALUES(?1,?2,?3,?4,?5,?6,?7) ON CONFLICT(consumer_seq, key) DO NOTHING",
+        )?;
+        st.execute(params![i.consumer_seq, i.key, &i.fingerprint[..], i.status, headers, i.body, i.created_ms])?;
+    }
+    Ok(())
+}
+
+fn insert_entries(
+    tx: &Transaction<'_>,
+    entries: &[Entry],
+    charge_id: &str,
+    now_ms: i64,
+    deltas: &mut HashMap<AcctKey, (i64, i64)>,
+) -> Result<(), StoreError> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mut st = tx.prepare_cached(
+        "INSERT INTO entries(id, kind, debit_kind, debit_owner, debit_period, credit_kind,
+         credit_owner, credit_period, amount, charge_id, created_ms)
+         VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11) ON CONFLICT(id) DO NOTHING",
+    )?;
+    for e in entries {
+        let n = st.execute(params![
+            &e.id[..], e.kind, e.debit.kind as u8, e.debit.owner, e.debit.period,
+            e.credit.kind as u8, e.credit.owner, e.credit.period, e.amount, charge_id, now_ms
+        ])?;
+        // Only a first insert moves balances: replays are no-ops forever.
+        if n == 1 {
+            deltas.entry(e.debit).or_default().1 += e.amount;
+            deltas.entry(e.credit).or_default().0 += e.amount;
+        }
+    }
+    Ok(())
+}
