@@ -1,1 +1,15 @@
-//! tollgate-proxy
+//! The hot path of tollgate: route table, pipeline, upstream calls, payment gate.
+
+// `Reject` is the cold path; boxing it would add an allocation to every refusal for nothing.
+#![allow(clippy::result_large_err)]
+
+pub mod body;
+pub mod pipeline;
+pub mod policy;
+pub mod ratelimit;
+pub mod respond;
+pub mod server;
+pub mod snapshot;
+
+pub use pipeline::Gateway;
+pub use snapshot::Snapshot;

@@ -190,7 +190,8 @@ pub fn parse_key(key: &str) -> Result<ParsedKey<'_>, AuthError> {
         return Err(AuthError::Malformed);
     };
     let (id, secret) = rest.split_once('_').ok_or(AuthError::Malformed)?;
-    let alnum = |s: &str| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric());
+    let alnum =
+        |s: &str| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric());
     if !alnum(id) || !alnum(secret) {
         return Err(AuthError::Malformed);
     }
@@ -205,9 +206,16 @@ pub fn hash_key(key: &str) -> [u8; 32] {
 /// A new random key: `(id, full key string)`.
 pub fn generate_key(test: bool) -> (String, String) {
     let mut rng = rand::thread_rng();
-    let id: String = (&mut rng).sample_iter(&Alphanumeric).take(KEY_ID_LEN).map(char::from).collect();
-    let secret: String =
-        (&mut rng).sample_iter(&Alphanumeric).take(KEY_SECRET_LEN).map(char::from).collect();
+    let id: String = (&mut rng)
+        .sample_iter(&Alphanumeric)
+        .take(KEY_ID_LEN)
+        .map(char::from)
+        .collect();
+    let secret: String = (&mut rng)
+        .sample_iter(&Alphanumeric)
+        .take(KEY_SECRET_LEN)
+        .map(char::from)
+        .collect();
     let env = if test { "test" } else { "live" };
     let key = format!("tg_{env}_{id}_{secret}");
     (id, key)
@@ -228,7 +236,11 @@ impl Directory {
     /// Authenticate a presented key at `now_ms`.
     pub fn authenticate(&self, presented: &str, now_ms: i64) -> Result<Arc<KeyEntry>, AuthError> {
         let parsed = parse_key(presented)?;
-        let entry = self.keys.get(parsed.id).map(|e| Arc::clone(e.value())).ok_or(AuthError::Unknown)?;
+        let entry = self
+            .keys
+            .get(parsed.id)
+            .map(|e| Arc::clone(e.value()))
+            .ok_or(AuthError::Unknown)?;
         let h = hash_key(presented);
         if !bool::from(h.ct_eq(&entry.hash)) || entry.test != parsed.test {
             return Err(AuthError::Unknown);
@@ -260,9 +272,24 @@ mod tests {
 
     #[test]
     fn key_parsing() {
-        assert_eq!(parse_key("tg_live_abc_def").unwrap(), ParsedKey { test: false, id: "abc" });
+        assert_eq!(
+            parse_key("tg_live_abc_def").unwrap(),
+            ParsedKey {
+                test: false,
+                id: "abc"
+            }
+        );
         assert!(parse_key("tg_test_abc_def").unwrap().test);
-        for bad in ["", "tg_live_", "tg_live_abc", "tg_live__x", "tg_live_a_", "sk-123", "tg_live_a-b_c", "tg_live_a_b_c"] {
+        for bad in [
+            "",
+            "tg_live_",
+            "tg_live_abc",
+            "tg_live__x",
+            "tg_live_a_",
+            "sk-123",
+            "tg_live_a-b_c",
+            "tg_live_a_b_c",
+        ] {
             assert_eq!(parse_key(bad), Err(AuthError::Malformed), "{bad}");
         }
         let (id, key) = generate_key(false);

@@ -67,14 +67,20 @@ impl IdemIndex {
             },
             MapEntry::Vacant(v) => {
                 v.insert(Slot::InProgress(fp));
-                IdemLookup::Proceed(IdemGuard { index: Arc::clone(self), key: k, fp, done: false })
+                IdemLookup::Proceed(IdemGuard {
+                    index: Arc::clone(self),
+                    key: k,
+                    fp,
+                    done: false,
+                })
             }
         }
     }
 
     /// Insert a completed outcome (loading from the store).
     pub fn load(&self, consumer_seq: i64, key: &str, fp: [u8; 32], resp: StoredResponse) {
-        self.map.insert((consumer_seq, key.into()), Slot::Done(fp, Arc::new(resp)));
+        self.map
+            .insert((consumer_seq, key.into()), Slot::Done(fp, Arc::new(resp)));
     }
 
     /// Forget outcomes created before `cutoff_ms`.
@@ -90,7 +96,9 @@ impl IdemGuard {
     /// Record the outcome (call only once it is durable).
     pub fn complete(mut self, resp: StoredResponse) {
         self.done = true;
-        self.index.map.insert(self.key.clone(), Slot::Done(self.fp, Arc::new(resp)));
+        self.index
+            .map
+            .insert(self.key.clone(), Slot::Done(self.fp, Arc::new(resp)));
     }
 
     /// The fingerprint of the claimed request.
@@ -102,7 +110,9 @@ impl IdemGuard {
 impl Drop for IdemGuard {
     fn drop(&mut self) {
         if !self.done {
-            self.index.map.remove_if(&self.key, |_, s| matches!(s, Slot::InProgress(_)));
+            self.index
+                .map
+                .remove_if(&self.key, |_, s| matches!(s, Slot::InProgress(_)));
         }
     }
 }
@@ -121,11 +131,19 @@ mod tests {
         assert!(matches!(idx.begin(1, "k", [1; 32]), IdemLookup::InProgress));
         assert!(matches!(idx.begin(1, "k", [2; 32]), IdemLookup::Conflict));
         assert!(matches!(idx.begin(2, "k", [1; 32]), IdemLookup::Proceed(_)));
-        g.complete(StoredResponse { status: 200, headers: vec![], body: Some(b"x".to_vec()), created_ms: 5 });
+        g.complete(StoredResponse {
+            status: 200,
+            headers: vec![],
+            body: Some(b"x".to_vec()),
+            created_ms: 5,
+        });
         assert!(matches!(idx.begin(1, "k", [1; 32]), IdemLookup::Replay(r) if r.status == 200));
         assert!(matches!(idx.begin(1, "k", [2; 32]), IdemLookup::Conflict));
         // A dropped guard frees the key.
-        let g = match idx.begin(1, "j", [1; 32]) { IdemLookup::Proceed(g) => g, o => panic!("{o:?}") };
+        let g = match idx.begin(1, "j", [1; 32]) {
+            IdemLookup::Proceed(g) => g,
+            o => panic!("{o:?}"),
+        };
         drop(g);
         assert!(matches!(idx.begin(1, "j", [1; 32]), IdemLookup::Proceed(_)));
         idx.expire(6);

@@ -176,8 +176,9 @@ pub fn open_connection(path: &Path, strict: bool) -> Result<Connection, StoreErr
     conn.pragma_update(None, "synchronous", if strict { "FULL" } else { "NORMAL" })?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
     conn.execute_batch(SCHEMA)?;
-    let v: Option<String> =
-        conn.query_row("SELECT v FROM meta WHERE k='schema'", [], |r| r.get(0)).optional()?;
+    let v: Option<String> = conn
+        .query_row("SELECT v FROM meta WHERE k='schema'", [], |r| r.get(0))
+        .optional()?;
     match v.as_deref() {
         None => {
             conn.execute("INSERT INTO meta(k, v) VALUES('schema', ?1)", [SCHEMA_VERSION])?;
@@ -206,13 +207,20 @@ impl Journal {
     /// Queue `op` and wait until it is durable.
     pub async fn write(&self, op: Op) -> Result<(), StoreError> {
         let (done, rx) = oneshot::channel();
-        self.tx.send(Job { op, done: Some(done) }).map_err(|_| StoreError::WriterGone)?;
+        self.tx
+            .send(Job {
+                op,
+                done: Some(done),
+            })
+            .map_err(|_| StoreError::WriterGone)?;
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
     /// Queue `op` without waiting (relaxed durability, background records).
     pub fn write_nowait(&self, op: Op) -> Result<(), StoreError> {
-        self.tx.send(Job { op, done: None }).map_err(|_| StoreError::WriterGone)
+        self.tx
+            .send(Job { op, done: None })
+            .map_err(|_| StoreError::WriterGone)
     }
 
     /// Run `f` inside the writer's transaction, durably, and return its output.
@@ -264,24 +272,40 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
     tracing::debug!("journal writer stopped");
 }
 
-fn commit_batch(conn: &mut Connection, batch: &mut [Job], results: &mut Vec<Result<(), StoreError>>) -> Result<(), StoreError> {
+fn commit_batch(
+    conn: &mut Connection,
+    batch: &mut [Job],
+    results: &mut Vec<Result<(), StoreError>>,
+) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     let mut deltas: HashMap<AcctKey, (i64, i64)> = HashMap::new();
     for job in batch.iter_mut() {
         let op = std::mem::replace(
             &mut job.op,
-            Op::Entries { charge_id: String::new(), occurred_ms: 0, entries: Vec::new() },
+            Op::Entries {
+                charge_id: String::new(),
+                occurred_ms: 0,
+                entries: Vec::new(),
+            },
         );
         let r = match op {
-            Op::Charge { usage, entries, idem } => apply_charge(&tx, &usage, &entries, idem.as_deref(), &mut deltas),
-            Op::Entries { charge_id, occurred_ms, entries } => {
-                insert_entries(&tx, &entries, &charge_id, occurred_ms, &mut deltas)
-            }
+            Op::Charge {
+                usage,
+                entries,
+                idem,
+            } => apply_charge(&tx, &usage, &entries, idem.as_deref(), &mut deltas),
+            Op::Entries {
+                charge_id,
+                occurred_ms,
+                entries,
+            } => insert_entries(&tx, &entries, &charge_id, occurred_ms, &mut deltas),
             Op::Admin(f) => {
                 // A failing admin change must not undo the requests committed with it.
                 tx.execute_batch("SAVEPOINT admin_op")?;
                 match f(&tx) {
-                    Ok(()) => tx.execute_batch("RELEASE admin_op").map_err(StoreError::from),
+                    Ok(()) => tx
+                        .execute_batch("RELEASE admin_op")
+                        .map_err(StoreError::from),
                     Err(e) => {
                         tx.execute_batch("ROLLBACK TO admin_op; RELEASE admin_op")?;
                         Err(e)
@@ -318,17 +342,36 @@ fn apply_charge(
          ON CONFLICT(charge_id) DO NOTHING",
     )?;
     st.execute(params![
-        u.charge_id, u.request_id, u.tenant_seq, u.consumer_seq, u.key_id, u.route, u.status,
-        u.requests, u.bytes, u.cost, u.charged, u.occurred_ms
+        u.charge_id,
+        u.request_id,
+        u.tenant_seq,
+        u.consumer_seq,
+        u.key_id,
+        u.route,
+        u.status,
+        u.requests,
+        u.bytes,
+        u.cost,
+        u.charged,
+        u.occurred_ms
     ])?;
     insert_entries(tx, entries, &u.charge_id, u.occurred_ms, deltas)?;
     if let Some(i) = idem {
-        let headers = serde_json::to_string(&i.headers).map_err(|e| StoreError::Sql(e.to_string()))?;
+        let headers =
+            serde_json::to_string(&i.headers).map_err(|e| StoreError::Sql(e.to_string()))?;
         let mut st = tx.prepare_cached(
             "INSERT INTO idempotency(consumer_seq, key, fingerprint, status, headers, body, created_ms)
              VALUES(?1,?2,?3,?4,?5,?6,?7) ON CONFLICT(consumer_seq, key) DO NOTHING",
         )?;
-        st.execute(params![i.consumer_seq, i.key, &i.fingerprint[..], i.status, headers, i.body, i.created_ms])?;
+        st.execute(params![
+            i.consumer_seq,
+            i.key,
+            &i.fingerprint[..],
+            i.status,
+            headers,
+            i.body,
+            i.created_ms
+        ])?;
     }
     Ok(())
 }
@@ -350,8 +393,17 @@ fn insert_entries(
     )?;
     for e in entries {
         let n = st.execute(params![
-            &e.id[..], e.kind, e.debit.kind as u8, e.debit.owner, e.debit.period,
-            e.credit.kind as u8, e.credit.owner, e.credit.period, e.amount, charge_id, now_ms
+            &e.id[..],
+            e.kind,
+            e.debit.kind as u8,
+            e.debit.owner,
+            e.debit.period,
+            e.credit.kind as u8,
+            e.credit.owner,
+            e.credit.period,
+            e.amount,
+            charge_id,
+            now_ms
         ])?;
         // Only a first insert moves balances: replays are no-ops forever.
         if n == 1 {

@@ -126,7 +126,11 @@ pub struct Counters(Vec<(AcctKey, Counter)>);
 impl Counters {
     /// The counter of `k` (zero when never used).
     pub fn get(&self, k: &AcctKey) -> Counter {
-        self.0.iter().find(|(a, _)| a == k).map(|(_, c)| *c).unwrap_or_default()
+        self.0
+            .iter()
+            .find(|(a, _)| a == k)
+            .map(|(_, c)| *c)
+            .unwrap_or_default()
     }
 
     fn get_mut(&mut self, k: AcctKey) -> &mut Counter {
@@ -147,7 +151,8 @@ impl Counters {
 
     /// Drop counters of periods that ended before `keep_from` (Unix seconds) and hold nothing.
     pub fn prune(&mut self, keep_from: i64) {
-        self.0.retain(|(k, c)| k.period == 0 || k.period >= keep_from || c.pending != 0);
+        self.0
+            .retain(|(k, c)| k.period == 0 || k.period >= keep_from || c.pending != 0);
     }
 
     /// Every counter.
@@ -290,6 +295,8 @@ pub struct Posting {
     pub balance_after: i64,
     /// The hold had already been released by the sweeper when the request settled.
     pub hold_had_expired: bool,
+    /// Posted + pending of each consumer leg's account after this settlement.
+    pub legs_after: Vec<i64>,
 }
 
 struct ExpiryShard(Mutex<VecDeque<(i64, u64, Weak<ConsumerEntry>)>>);
@@ -304,7 +311,9 @@ pub struct LedgerShared {
 
 impl std::fmt::Debug for LedgerShared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LedgerShared").field("ttl_ms", &self.ttl_ms).finish_non_exhaustive()
+        f.debug_struct("LedgerShared")
+            .field("ttl_ms", &self.ttl_ms)
+            .finish_non_exhaustive()
     }
 }
 
@@ -316,7 +325,9 @@ impl LedgerShared {
         Arc::new(LedgerShared {
             next_hold: AtomicU64::new(1),
             ttl_ms,
-            shards: (0..SHARDS).map(|_| ExpiryShard(Mutex::new(VecDeque::new()))).collect(),
+            shards: (0..SHARDS)
+                .map(|_| ExpiryShard(Mutex::new(VecDeque::new())))
+                .collect(),
             pending_holds: AtomicI64::new(0),
         })
     }
@@ -338,7 +349,10 @@ impl LedgerShared {
             let mut st = consumer.state.lock();
             // Check every leg before touching any (all or nothing).
             if spec.balance > 0 && st.available() < spec.balance {
-                return Err(Denied::Balance { available: st.available(), needed: spec.balance });
+                return Err(Denied::Balance {
+                    available: st.available(),
+                    needed: spec.balance,
+                });
             }
             check_legs(&st.counters, &spec.legs)?;
             if spec.tenant_legs.is_empty() {
@@ -352,12 +366,24 @@ impl LedgerShared {
                     ts.counters.get_mut(l.acct).pending += l.amount;
                 }
             }
-            st.holds.push(HoldRec { id, spec: spec.clone() });
+            st.holds.push(HoldRec {
+                id,
+                spec: spec.clone(),
+            });
         }
         self.pending_holds.fetch_add(1, Ordering::Relaxed);
         let shard = &self.shards[(id as usize) % SHARDS];
-        shard.0.lock().push_back((now_ms + self.ttl_ms, id, Arc::downgrade(consumer)));
-        Ok(Hold { id, consumer: Arc::clone(consumer), spec, ledger: Arc::clone(self), done: false })
+        shard
+            .0
+            .lock()
+            .push_back((now_ms + self.ttl_ms, id, Arc::downgrade(consumer)));
+        Ok(Hold {
+            id,
+            consumer: Arc::clone(consumer),
+            spec,
+            ledger: Arc::clone(self),
+            done: false,
+        })
     }
 
     /// Release every hold whose expiry is at or before `now_ms`; returns how many.
@@ -386,17 +412,43 @@ impl LedgerShared {
 
     /// Post a top-up or adjustment of the prepaid balance in memory (positive credits,
     /// negative debits) and return its entry.
-    pub fn adjust_balance(&self, consumer: &ConsumerEntry, charge_id: &str, amount: i64, kind: &'static str) -> (Entry, i64) {
+    pub fn adjust_balance(
+        &self,
+        consumer: &ConsumerEntry,
+        charge_id: &str,
+        amount: i64,
+        kind: &'static str,
+    ) -> (Entry, i64) {
         let mut st = consumer.state.lock();
-        let bal = AcctKey { kind: AcctKind::Balance, owner: consumer.seq, period: 0 };
-        let funding = AcctKey { kind: AcctKind::Funding, owner: 0, period: 0 };
+        let bal = AcctKey {
+            kind: AcctKind::Balance,
+            owner: consumer.seq,
+            period: 0,
+        };
+        let funding = AcctKey {
+            kind: AcctKind::Funding,
+            owner: 0,
+            period: 0,
+        };
         let id = entry_id(consumer.tenant.seq, charge_id, kind, 0);
         let entry = if amount >= 0 {
             st.balance_credits += amount;
-            Entry { id, kind, debit: funding, credit: bal, amount }
+            Entry {
+                id,
+                kind,
+                debit: funding,
+                credit: bal,
+                amount,
+            }
         } else {
             st.balance_debits += -amount;
-            Entry { id, kind, debit: bal, credit: funding, amount: -amount }
+            Entry {
+                id,
+                kind,
+                debit: bal,
+                credit: funding,
+                amount: -amount,
+            }
         };
         (entry, st.posted_balance())
     }
@@ -408,7 +460,12 @@ fn check_legs(counters: &Counters, legs: &[Leg]) -> Result<(), Denied> {
             let c = counters.get(&l.acct);
             let used = c.posted + c.pending;
             if used + l.amount > limit {
-                return Err(Denied::Limit { acct: l.acct, used, limit, needed: l.amount });
+                return Err(Denied::Limit {
+                    acct: l.acct,
+                    used,
+                    limit,
+                    needed: l.amount,
+                });
             }
         }
     }
@@ -425,7 +482,9 @@ fn apply(st: &mut ConsumerState, spec: &ReserveSpec, sign: i64) {
 
 fn release_hold(consumer: &ConsumerEntry, id: u64) -> bool {
     let mut st = consumer.state.lock();
-    let Some(pos) = st.holds.iter().position(|h| h.id == id) else { return false };
+    let Some(pos) = st.holds.iter().position(|h| h.id == id) else {
+        return false;
+    };
     let rec = st.holds.swap_remove(pos);
     apply(&mut st, &rec.spec, -1);
     if !rec.spec.tenant_legs.is_empty() {
@@ -460,7 +519,8 @@ impl Hold {
         self.done = true;
         let c = Arc::clone(&self.consumer);
         let tenant_seq = c.tenant.seq;
-        let mut entries = Vec::with_capacity(1 + self.spec.legs.len() + self.spec.tenant_legs.len());
+        let mut entries =
+            Vec::with_capacity(1 + self.spec.legs.len() + self.spec.tenant_legs.len());
         let mut st = c.state.lock();
         let had = match st.holds.iter().position(|h| h.id == self.id) {
             Some(pos) => {
@@ -476,8 +536,16 @@ impl Hold {
             entries.push(Entry {
                 id: entry_id(tenant_seq, charge_id, "charge", 0),
                 kind: "charge",
-                debit: AcctKey { kind: AcctKind::Balance, owner: c.seq, period: 0 },
-                credit: AcctKey { kind: AcctKind::Revenue, owner: tenant_seq, period: 0 },
+                debit: AcctKey {
+                    kind: AcctKind::Balance,
+                    owner: c.seq,
+                    period: 0,
+                },
+                credit: AcctKey {
+                    kind: AcctKind::Revenue,
+                    owner: tenant_seq,
+                    period: 0,
+                },
                 amount: actual.cost,
             });
         }
@@ -502,7 +570,21 @@ impl Hold {
             }
         }
         let balance_after = st.posted_balance();
-        Posting { entries, balance_after, hold_had_expired: !had }
+        let legs_after = self
+            .spec
+            .legs
+            .iter()
+            .map(|l| {
+                let c = st.counters.get(&l.acct);
+                c.posted + c.pending
+            })
+            .collect();
+        Posting {
+            entries,
+            balance_after,
+            hold_had_expired: !had,
+            legs_after,
+        }
     }
 }
 
@@ -515,7 +597,11 @@ fn leg_entry(tenant_seq: i64, charge_id: &str, leg: usize, acct: AcctKey, amount
         id: entry_id(tenant_seq, charge_id, kind, leg),
         kind,
         debit: acct,
-        credit: AcctKey { kind: acct.kind.sink(), owner: 0, period: 0 },
+        credit: AcctKey {
+            kind: acct.kind.sink(),
+            owner: 0,
+            period: 0,
+        },
         amount,
     }
 }
@@ -567,43 +653,95 @@ mod tests {
             grace_until_ms: None,
         });
         st.balance_credits = balance;
-        Arc::new(ConsumerEntry { id: "c".into(), seq: 7, tenant, state: Mutex::new(st), rate_tat: AtomicU64::new(0) })
+        Arc::new(ConsumerEntry {
+            id: "c".into(),
+            seq: 7,
+            tenant,
+            state: Mutex::new(st),
+            rate_tat: AtomicU64::new(0),
+        })
     }
 
     fn quota(limit: i64) -> Leg {
-        Leg { acct: AcctKey { kind: AcctKind::QuotaRequests, owner: 7, period: 100 }, amount: 1, limit: Some(limit) }
+        Leg {
+            acct: AcctKey {
+                kind: AcctKind::QuotaRequests,
+                owner: 7,
+                period: 100,
+            },
+            amount: 1,
+            limit: Some(limit),
+        }
     }
 
     fn tenant_cap(limit: i64, amount: i64) -> Leg {
-        Leg { acct: AcctKey { kind: AcctKind::CapTenant, owner: 1, period: 100 }, amount, limit: Some(limit) }
+        Leg {
+            acct: AcctKey {
+                kind: AcctKind::CapTenant,
+                owner: 1,
+                period: 100,
+            },
+            amount,
+            limit: Some(limit),
+        }
     }
 
     #[test]
     fn all_or_nothing_when_a_later_leg_refuses() {
         let l = LedgerShared::new(1000);
         let c = consumer(1_000);
-        let spec = ReserveSpec { balance: 10, legs: vec![quota(5)], tenant_legs: vec![tenant_cap(5, 10)] };
+        let spec = ReserveSpec {
+            balance: 10,
+            legs: vec![quota(5)],
+            tenant_legs: vec![tenant_cap(5, 10)],
+        };
         let err = l.reserve(&c, spec, 0).unwrap_err();
         assert!(matches!(err, Denied::Limit { limit: 5, .. }));
         let st = c.state.lock();
         assert_eq!(st.balance_pending, 0);
         assert_eq!(st.counters.get(&quota(5).acct), Counter::default());
-        assert_eq!(c.tenant.state.lock().counters.get(&tenant_cap(5, 1).acct), Counter::default());
+        assert_eq!(
+            c.tenant.state.lock().counters.get(&tenant_cap(5, 1).acct),
+            Counter::default()
+        );
     }
 
     #[test]
     fn settle_posts_actual_and_releases_rest() {
         let l = LedgerShared::new(1000);
         let c = consumer(1_000);
-        let h = l.reserve(&c, ReserveSpec { balance: 400, legs: vec![quota(10)], tenant_legs: vec![] }, 0).unwrap();
+        let h = l
+            .reserve(
+                &c,
+                ReserveSpec {
+                    balance: 400,
+                    legs: vec![quota(10)],
+                    tenant_legs: vec![],
+                },
+                0,
+            )
+            .unwrap();
         assert_eq!(c.state.lock().available(), 600);
-        let p = h.settle("r1", &Actual { cost: 250, legs: vec![1], tenant_legs: vec![] });
+        let p = h.settle(
+            "r1",
+            &Actual {
+                cost: 250,
+                legs: vec![1],
+                tenant_legs: vec![],
+            },
+        );
         assert_eq!(p.balance_after, 750);
         assert_eq!(p.entries.len(), 2);
         let st = c.state.lock();
         assert_eq!(st.available(), 750);
         assert_eq!(st.balance_pending, 0);
-        assert_eq!(st.counters.get(&quota(10).acct), Counter { posted: 1, pending: 0 });
+        assert_eq!(
+            st.counters.get(&quota(10).acct),
+            Counter {
+                posted: 1,
+                pending: 0
+            }
+        );
         assert_eq!(l.pending_holds(), 0);
     }
 
@@ -611,15 +749,39 @@ mod tests {
     fn dropped_hold_is_released_and_swept_hold_still_charges() {
         let l = LedgerShared::new(1000);
         let c = consumer(100);
-        let h = l.reserve(&c, ReserveSpec { balance: 100, ..Default::default() }, 0).unwrap();
+        let h = l
+            .reserve(
+                &c,
+                ReserveSpec {
+                    balance: 100,
+                    ..Default::default()
+                },
+                0,
+            )
+            .unwrap();
         drop(h);
         assert_eq!(c.state.lock().available(), 100);
-        let h = l.reserve(&c, ReserveSpec { balance: 100, ..Default::default() }, 0).unwrap();
+        let h = l
+            .reserve(
+                &c,
+                ReserveSpec {
+                    balance: 100,
+                    ..Default::default()
+                },
+                0,
+            )
+            .unwrap();
         assert_eq!(l.sweep(999), 0);
         assert_eq!(l.sweep(1000), 1);
         assert_eq!(c.state.lock().available(), 100);
         assert_eq!(l.pending_holds(), 0);
-        let p = h.settle("r2", &Actual { cost: 100, ..Default::default() });
+        let p = h.settle(
+            "r2",
+            &Actual {
+                cost: 100,
+                ..Default::default()
+            },
+        );
         assert!(p.hold_had_expired);
         assert_eq!(c.state.lock().available(), 0);
     }
@@ -641,9 +803,22 @@ mod tests {
                 let (l, c, ok) = (&l, &c, &ok);
                 s.spawn(move || {
                     for i in 0..100 {
-                        if let Ok(h) = l.reserve(c, ReserveSpec { balance: 10, ..Default::default() }, 0) {
+                        if let Ok(h) = l.reserve(
+                            c,
+                            ReserveSpec {
+                                balance: 10,
+                                ..Default::default()
+                            },
+                            0,
+                        ) {
                             ok.fetch_add(1, Ordering::SeqCst);
-                            h.settle(&format!("{t}-{i}"), &Actual { cost: 10, ..Default::default() });
+                            h.settle(
+                                &format!("{t}-{i}"),
+                                &Actual {
+                                    cost: 10,
+                                    ..Default::default()
+                                },
+                            );
                         }
                     }
                 });

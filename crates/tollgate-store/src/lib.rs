@@ -19,10 +19,14 @@ use serde::Serialize;
 use tollgate_core::config::{Config, Durability, StoreConfig};
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use directory::{AuthError, ConsumerEntry, Directory, KeyEntry, SubStatus, Subscription, TenantEntry};
+pub use directory::{
+    AuthError, ConsumerEntry, Directory, KeyEntry, SubStatus, Subscription, TenantEntry,
+};
 pub use idempotency::{IdemGuard, IdemIndex, IdemLookup, StoredResponse};
 pub use journal::{IdemRecord, Journal, Op, StoreError, UsageRecord};
-pub use ledger::{AcctKey, AcctKind, Actual, Denied, Entry, Hold, LedgerShared, Leg, Posting, ReserveSpec};
+pub use ledger::{
+    AcctKey, AcctKind, Actual, Denied, Entry, Hold, LedgerShared, Leg, Posting, ReserveSpec,
+};
 
 use directory::{generate_key, hash_key};
 use ledger::{ConsumerState, TenantState};
@@ -47,7 +51,9 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("durability", &self.durability).finish_non_exhaustive()
+        f.debug_struct("Store")
+            .field("durability", &self.durability)
+            .finish_non_exhaustive()
     }
 }
 
@@ -139,7 +145,9 @@ pub struct UsageTotals {
 }
 
 fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms).map(|t| t.to_rfc3339()).unwrap_or_default()
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339())
+        .unwrap_or_default()
 }
 
 fn money(m: i64) -> String {
@@ -153,12 +161,19 @@ impl Store {
         let strict = cfg.durability == Durability::Strict;
         let path = Path::new(&cfg.path);
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| StoreError::Sql(format!("{}: {e}", parent.display())))?;
+            std::fs::create_dir_all(parent)
+                .map_err(|e| StoreError::Sql(format!("{}: {e}", parent.display())))?;
         }
         let conn = journal::open_connection(path, strict)?;
         let dir = Arc::new(Directory::default());
         let idem = Arc::new(IdemIndex::default());
-        load(&conn, &dir, &idem, clock.now_ms(), cfg.idempotency_ttl_secs as i64 * 1000)?;
+        load(
+            &conn,
+            &dir,
+            &idem,
+            clock.now_ms(),
+            cfg.idempotency_ttl_secs as i64 * 1000,
+        )?;
         let journal = Journal::start(conn)?;
         let reader = journal::open_connection(path, strict)?;
         Ok(Store {
@@ -193,24 +208,40 @@ impl Store {
         }
         for c in &cfg.consumers {
             if self.dir.consumer(&c.id).is_none() {
-                self.create_consumer(&c.id, &c.tenant, c.name.as_deref(), &c.plan, SubStatus::Active, None, "config").await?;
+                self.create_consumer(
+                    &c.id,
+                    &c.tenant,
+                    c.name.as_deref(),
+                    &c.plan,
+                    SubStatus::Active,
+                    None,
+                    "config",
+                )
+                .await?;
             } else {
-                self.set_subscription(&c.id, Some(&c.plan), None, None).await?;
+                self.set_subscription(&c.id, Some(&c.plan), None, None)
+                    .await?;
             }
             for k in &c.keys {
                 if self.dir.keys.contains_key(k.id.as_str()) {
                     continue;
                 }
                 let mut hash = [0u8; 32];
-                hex::decode_to_slice(&k.sha256, &mut hash).map_err(|e| StoreError::Conflict(e.to_string()))?;
-                self.insert_key(&k.id, &c.id, hash, false, None, None, "config").await?;
+                hex::decode_to_slice(&k.sha256, &mut hash)
+                    .map_err(|e| StoreError::Conflict(e.to_string()))?;
+                self.insert_key(&k.id, &c.id, hash, false, None, None, "config")
+                    .await?;
             }
         }
         Ok(())
     }
 
     /// Create or update a tenant.
-    pub async fn upsert_tenant(&self, t: TenantView, source: &'static str) -> Result<TenantView, StoreError> {
+    pub async fn upsert_tenant(
+        &self,
+        t: TenantView,
+        source: &'static str,
+    ) -> Result<TenantView, StoreError> {
         let _g = self.admin_lock.lock().await;
         let now = self.clock.now_ms();
         let tv = t.clone();
@@ -233,9 +264,13 @@ impl Store {
             Some(_) => {
                 // Contact and URLs changed: rebuild the entry but keep its counters.
                 let old = self.dir.tenant(&t.id);
-                let counters = old.map(|o| o.state.lock().counters.clone()).unwrap_or_default();
+                let counters = old
+                    .map(|o| o.state.lock().counters.clone())
+                    .unwrap_or_default();
                 let entry = Arc::new(tenant_entry(seq, &t, counters));
-                self.dir.tenants.insert(t.id.clone().into(), Arc::clone(&entry));
+                self.dir
+                    .tenants
+                    .insert(t.id.clone().into(), Arc::clone(&entry));
                 // Consumers keep pointing at the old entry until restart for counters; the
                 // new URLs are looked up by id on the 402 path.
             }
@@ -260,12 +295,20 @@ impl Store {
         source: &'static str,
     ) -> Result<ConsumerView, StoreError> {
         let _g = self.admin_lock.lock().await;
-        let t = self.dir.tenant(tenant).ok_or_else(|| StoreError::NotFound(format!("tenant `{tenant}`")))?;
+        let t = self
+            .dir
+            .tenant(tenant)
+            .ok_or_else(|| StoreError::NotFound(format!("tenant `{tenant}`")))?;
         if self.dir.consumer(id).is_some() {
             return Err(StoreError::Conflict(format!("consumer `{id}` exists")));
         }
         let now = self.clock.now_ms();
-        let (idc, tc, nc, pc) = (id.to_string(), tenant.to_string(), name.map(str::to_string), plan.to_string());
+        let (idc, tc, nc, pc) = (
+            id.to_string(),
+            tenant.to_string(),
+            name.map(str::to_string),
+            plan.to_string(),
+        );
         let seq = self
             .journal
             .admin(move |tx| {
@@ -277,7 +320,13 @@ impl Store {
                 Ok(tx.last_insert_rowid())
             })
             .await?;
-        let sub = Subscription { plan: plan.into(), status, anchor_ms: now, trial_end_ms, grace_until_ms: None };
+        let sub = Subscription {
+            plan: plan.into(),
+            status,
+            anchor_ms: now,
+            trial_end_ms,
+            grace_until_ms: None,
+        };
         let entry = Arc::new(ConsumerEntry {
             id: id.into(),
             seq,
@@ -315,7 +364,10 @@ impl Store {
         grace_until_ms: Option<Option<i64>>,
     ) -> Result<ConsumerView, StoreError> {
         let _g = self.admin_lock.lock().await;
-        let c = self.dir.consumer(consumer).ok_or_else(|| StoreError::NotFound(format!("consumer `{consumer}`")))?;
+        let c = self
+            .dir
+            .consumer(consumer)
+            .ok_or_else(|| StoreError::NotFound(format!("consumer `{consumer}`")))?;
         let mut sub = c.state.lock().sub.clone();
         if let Some(p) = plan {
             sub.plan = p.into();
@@ -352,9 +404,16 @@ impl Store {
         expires_ms: Option<i64>,
         source: &'static str,
     ) -> Result<Arc<KeyEntry>, StoreError> {
-        let c = self.dir.consumer(consumer).ok_or_else(|| StoreError::NotFound(format!("consumer `{consumer}`")))?;
+        let c = self
+            .dir
+            .consumer(consumer)
+            .ok_or_else(|| StoreError::NotFound(format!("consumer `{consumer}`")))?;
         let now = self.clock.now_ms();
-        let (idc, cc, nc) = (id.to_string(), consumer.to_string(), name.map(str::to_string));
+        let (idc, cc, nc) = (
+            id.to_string(),
+            consumer.to_string(),
+            name.map(str::to_string),
+        );
         let seq = self
             .journal
             .admin(move |tx| {
@@ -390,7 +449,9 @@ impl Store {
     ) -> Result<(KeyView, String), StoreError> {
         let _g = self.admin_lock.lock().await;
         let (id, key) = generate_key(test);
-        let e = self.insert_key(&id, consumer, hash_key(&key), test, name, expires_ms, "api").await?;
+        let e = self
+            .insert_key(&id, consumer, hash_key(&key), test, name, expires_ms, "api")
+            .await?;
         Ok((self.key_view(&e, name.map(str::to_string)), key))
     }
 
@@ -410,28 +471,49 @@ impl Store {
     /// Revoke a key at `at_ms` (now when `None`).
     pub async fn revoke_key(&self, id: &str, at_ms: Option<i64>) -> Result<(), StoreError> {
         let _g = self.admin_lock.lock().await;
-        let e = self.dir.keys.get(id).map(|e| Arc::clone(e.value())).ok_or_else(|| StoreError::NotFound(format!("key `{id}`")))?;
+        let e = self
+            .dir
+            .keys
+            .get(id)
+            .map(|e| Arc::clone(e.value()))
+            .ok_or_else(|| StoreError::NotFound(format!("key `{id}`")))?;
         let at = at_ms.unwrap_or_else(|| self.clock.now_ms()).max(1);
         let idc = id.to_string();
         self.journal
             .admin(move |tx| {
-                tx.execute("UPDATE api_keys SET revoked_ms=?2 WHERE id=?1", params![idc, at])?;
+                tx.execute(
+                    "UPDATE api_keys SET revoked_ms=?2 WHERE id=?1",
+                    params![idc, at],
+                )?;
                 Ok(())
             })
             .await?;
-        e.revoked_at_ms.store(at, std::sync::atomic::Ordering::SeqCst);
+        e.revoked_at_ms
+            .store(at, std::sync::atomic::Ordering::SeqCst);
         Ok(())
     }
 
     /// Rotate a key: a new key for the same consumer; the old one keeps working for
     /// `overlap_ms`, then is revoked.
-    pub async fn rotate_key(&self, id: &str, overlap_ms: i64) -> Result<(KeyView, String), StoreError> {
-        let old = self.dir.keys.get(id).map(|e| Arc::clone(e.value())).ok_or_else(|| StoreError::NotFound(format!("key `{id}`")))?;
+    pub async fn rotate_key(
+        &self,
+        id: &str,
+        overlap_ms: i64,
+    ) -> Result<(KeyView, String), StoreError> {
+        let old = self
+            .dir
+            .keys
+            .get(id)
+            .map(|e| Arc::clone(e.value()))
+            .ok_or_else(|| StoreError::NotFound(format!("key `{id}`")))?;
         if old.revoked_at_ms.load(std::sync::atomic::Ordering::SeqCst) != 0 {
             return Err(StoreError::Conflict(format!("key `{id}` is revoked")));
         }
-        let created = self.create_key(&old.consumer.id, None, old.expires_at_ms, old.test).await?;
-        self.revoke_key(id, Some(self.clock.now_ms() + overlap_ms.max(0))).await?;
+        let created = self
+            .create_key(&old.consumer.id, None, old.expires_at_ms, old.test)
+            .await?;
+        self.revoke_key(id, Some(self.clock.now_ms() + overlap_ms.max(0)))
+            .await?;
         Ok(created)
     }
 
@@ -458,13 +540,23 @@ impl Store {
 
     /// List tenants.
     pub fn list_tenants(&self) -> Vec<TenantView> {
-        let mut v: Vec<TenantView> = self.dir.tenants.iter().map(|t| tenant_view(t.value())).collect();
+        let mut v: Vec<TenantView> = self
+            .dir
+            .tenants
+            .iter()
+            .map(|t| tenant_view(t.value()))
+            .collect();
         v.sort_by(|a, b| a.id.cmp(&b.id));
         v
     }
 
     /// List consumers, optionally of one tenant, at most `limit` from `after` (by id).
-    pub fn list_consumers(&self, tenant: Option<&str>, after: Option<&str>, limit: usize) -> Vec<ConsumerView> {
+    pub fn list_consumers(
+        &self,
+        tenant: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Vec<ConsumerView> {
         let mut ids: Vec<Arc<ConsumerEntry>> = self
             .dir
             .consumers
@@ -481,15 +573,36 @@ impl Store {
     /// Credit (positive) or debit (negative) a consumer's prepaid balance. `op_id` makes it
     /// idempotent: the same id applies once. Returns the posted balance after it and whether
     /// it was applied now.
-    pub async fn adjust_balance(&self, consumer: &str, amount: i64, op_id: &str, kind: &'static str) -> Result<(i64, bool), StoreError> {
+    pub async fn adjust_balance(
+        &self,
+        consumer: &str,
+        amount: i64,
+        op_id: &str,
+        kind: &'static str,
+    ) -> Result<(i64, bool), StoreError> {
         let _g = self.admin_lock.lock().await;
-        let c = self.dir.consumer(consumer).ok_or_else(|| StoreError::NotFound(format!("consumer `{consumer}`")))?;
+        let c = self
+            .dir
+            .consumer(consumer)
+            .ok_or_else(|| StoreError::NotFound(format!("consumer `{consumer}`")))?;
         if amount == 0 {
             return Err(StoreError::Conflict("amount must not be zero".into()));
         }
-        let bal = AcctKey { kind: AcctKind::Balance, owner: c.seq, period: 0 };
-        let funding = AcctKey { kind: AcctKind::Funding, owner: 0, period: 0 };
-        let (debit, credit) = if amount > 0 { (funding, bal) } else { (bal, funding) };
+        let bal = AcctKey {
+            kind: AcctKind::Balance,
+            owner: c.seq,
+            period: 0,
+        };
+        let funding = AcctKey {
+            kind: AcctKind::Funding,
+            owner: 0,
+            period: 0,
+        };
+        let (debit, credit) = if amount > 0 {
+            (funding, bal)
+        } else {
+            (bal, funding)
+        };
         let id = ledger::entry_id(c.tenant.seq, op_id, kind, 0);
         let now = self.clock.now_ms();
         let (op, abs) = (op_id.to_string(), amount.abs());
@@ -529,7 +642,10 @@ impl Store {
 
     /// Entries touching a consumer's prepaid balance, newest first.
     pub fn list_entries(&self, consumer: &str, limit: usize) -> Result<Vec<EntryView>, StoreError> {
-        let c = self.dir.consumer(consumer).ok_or_else(|| StoreError::NotFound(format!("consumer `{consumer}`")))?;
+        let c = self
+            .dir
+            .consumer(consumer)
+            .ok_or_else(|| StoreError::NotFound(format!("consumer `{consumer}`")))?;
         let conn = self.reader.lock();
         let mut st = conn.prepare(
             "SELECT id, kind, debit_kind = 1 AND debit_owner = ?1, amount, charge_id, created_ms FROM entries
@@ -552,8 +668,16 @@ impl Store {
     }
 
     /// Usage totals of a consumer in `[from_ms, to_ms)`.
-    pub fn usage_totals(&self, consumer: &str, from_ms: i64, to_ms: i64) -> Result<UsageTotals, StoreError> {
-        let c = self.dir.consumer(consumer).ok_or_else(|| StoreError::NotFound(format!("consumer `{consumer}`")))?;
+    pub fn usage_totals(
+        &self,
+        consumer: &str,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<UsageTotals, StoreError> {
+        let c = self
+            .dir
+            .consumer(consumer)
+            .ok_or_else(|| StoreError::NotFound(format!("consumer `{consumer}`")))?;
         let conn = self.reader.lock();
         let (requests, charged, bytes, cost): (i64, i64, i64, i64) = conn.query_row(
             "SELECT COUNT(*), COALESCE(SUM(charged),0), COALESCE(SUM(bytes),0), COALESCE(SUM(cost),0)
@@ -561,13 +685,22 @@ impl Store {
             params![c.seq, from_ms, to_ms],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )?;
-        Ok(UsageTotals { requests, charged_requests: charged, bytes, cost: money(cost) })
+        Ok(UsageTotals {
+            requests,
+            charged_requests: charged,
+            bytes,
+            cost: money(cost),
+        })
     }
 
     /// Count of charged usage rows for a request id (tests and audits).
     pub fn charged_count(&self, request_id: &str) -> Result<i64, StoreError> {
         let conn = self.reader.lock();
-        Ok(conn.query_row("SELECT COUNT(*) FROM usage WHERE request_id=?1 AND charged=1", [request_id], |r| r.get(0))?)
+        Ok(conn.query_row(
+            "SELECT COUNT(*) FROM usage WHERE request_id=?1 AND charged=1",
+            [request_id],
+            |r| r.get(0),
+        )?)
     }
 }
 
@@ -595,13 +728,26 @@ fn tenant_view(t: &TenantEntry) -> TenantView {
 
 /// Load everything the hot path needs. Holds are not durable: a request that had not settled
 /// before a crash never got a success response, so its hold is simply gone on restart.
-fn load(conn: &Connection, dir: &Directory, idem: &IdemIndex, now_ms: i64, idem_ttl_ms: i64) -> Result<(), StoreError> {
+fn load(
+    conn: &Connection,
+    dir: &Directory,
+    idem: &IdemIndex,
+    now_ms: i64,
+    idem_ttl_ms: i64,
+) -> Result<(), StoreError> {
     let mut by_seq_tenant = std::collections::HashMap::new();
     {
-        let mut st = conn.prepare("SELECT seq, id, name, contact_email, upgrade_url, top_up_url FROM tenants")?;
+        let mut st = conn
+            .prepare("SELECT seq, id, name, contact_email, upgrade_url, top_up_url FROM tenants")?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
-            let v = TenantView { id: r.get(1)?, name: r.get(2)?, contact_email: r.get(3)?, upgrade_url: r.get(4)?, top_up_url: r.get(5)? };
+            let v = TenantView {
+                id: r.get(1)?,
+                name: r.get(2)?,
+                contact_email: r.get(3)?,
+                upgrade_url: r.get(4)?,
+                top_up_url: r.get(5)?,
+            };
             let e = Arc::new(tenant_entry(r.get(0)?, &v, Default::default()));
             by_seq_tenant.insert(e.seq, Arc::clone(&e));
             dir.tenants.insert(v.id.into(), e);
@@ -634,18 +780,28 @@ fn load(conn: &Connection, dir: &Directory, idem: &IdemIndex, now_ms: i64, idem_
             state.balance_credits = r.get(8)?;
             state.balance_debits = r.get(9)?;
             let id: String = r.get(1)?;
-            let e = Arc::new(ConsumerEntry { id: id.clone().into(), seq: r.get(0)?, tenant, state: Mutex::new(state), rate_tat: AtomicU64::new(0) });
+            let e = Arc::new(ConsumerEntry {
+                id: id.clone().into(),
+                seq: r.get(0)?,
+                tenant,
+                state: Mutex::new(state),
+                rate_tat: AtomicU64::new(0),
+            });
             by_seq_consumer.insert(e.seq, Arc::clone(&e));
             dir.consumers.insert(id.into(), e);
         }
     }
     let mut key_owner = std::collections::HashMap::new();
     {
-        let mut st = conn.prepare("SELECT seq, id, consumer_id, hash, test, expires_ms, revoked_ms FROM api_keys")?;
+        let mut st = conn.prepare(
+            "SELECT seq, id, consumer_id, hash, test, expires_ms, revoked_ms FROM api_keys",
+        )?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
             let cid: String = r.get(2)?;
-            let Some(c) = dir.consumer(&cid) else { continue };
+            let Some(c) = dir.consumer(&cid) else {
+                continue;
+            };
             let hash: Vec<u8> = r.get(3)?;
             let mut h = [0u8; 32];
             if hash.len() != 32 {
@@ -674,8 +830,14 @@ fn load(conn: &Connection, dir: &Directory, idem: &IdemIndex, now_ms: i64, idem_
         let mut st = conn.prepare("SELECT kind, owner, period, debits FROM accounts WHERE kind BETWEEN 2 AND 6 AND period >= ?1")?;
         let mut rows = st.query([since])?;
         while let Some(r) = rows.next()? {
-            let Some(kind) = AcctKind::from_u8(r.get::<_, i64>(0)? as u8) else { continue };
-            let key = AcctKey { kind, owner: r.get(1)?, period: r.get(2)? };
+            let Some(kind) = AcctKind::from_u8(r.get::<_, i64>(0)? as u8) else {
+                continue;
+            };
+            let key = AcctKey {
+                kind,
+                owner: r.get(1)?,
+                period: r.get(2)?,
+            };
             let debits: i64 = r.get(3)?;
             match kind {
                 AcctKind::CapTenant => {
@@ -726,15 +888,29 @@ fn load(conn: &Connection, dir: &Directory, idem: &IdemIndex, now_ms: i64, idem_
 
 /// Bulk-create `n` consumers of `tenant` on `plan`, each with one key and `balance`, straight
 /// into the file (offline; the gateway must not be running on it). Returns the keys.
-pub fn seed(path: &Path, tenant: &str, plan: &str, n: usize, balance: i64, prefix: &str) -> Result<Vec<String>, StoreError> {
+pub fn seed(
+    path: &Path,
+    tenant: &str,
+    plan: &str,
+    n: usize,
+    balance: i64,
+    prefix: &str,
+) -> Result<Vec<String>, StoreError> {
     let mut conn = journal::open_connection(path, false)?;
     let tx = conn.transaction()?;
     let now = chrono::Utc::now().timestamp_millis();
-    let tseq: Option<i64> = tx.query_row("SELECT seq FROM tenants WHERE id=?1", [tenant], |r| r.get(0)).optional()?;
+    let tseq: Option<i64> = tx
+        .query_row("SELECT seq FROM tenants WHERE id=?1", [tenant], |r| {
+            r.get(0)
+        })
+        .optional()?;
     let tseq = match tseq {
         Some(s) => s,
         None => {
-            tx.execute("INSERT INTO tenants(id, name, created_ms) VALUES(?1, ?1, ?2)", params![tenant, now])?;
+            tx.execute(
+                "INSERT INTO tenants(id, name, created_ms) VALUES(?1, ?1, ?2)",
+                params![tenant, now],
+            )?;
             tx.last_insert_rowid()
         }
     };
@@ -749,7 +925,9 @@ pub fn seed(path: &Path, tenant: &str, plan: &str, n: usize, balance: i64, prefi
             "INSERT INTO entries(id, kind, debit_kind, debit_owner, debit_period, credit_kind, credit_owner, credit_period,
              amount, charge_id, created_ms) VALUES(?1, 'topup', 102, 0, 0, 1, ?2, 0, ?3, ?4, ?5)",
         )?;
-        let mut ins_a = tx.prepare("INSERT INTO accounts(kind, owner, period, credits, debits) VALUES(1, ?1, 0, ?2, 0)")?;
+        let mut ins_a = tx.prepare(
+            "INSERT INTO accounts(kind, owner, period, credits, debits) VALUES(1, ?1, 0, ?2, 0)",
+        )?;
         for i in 0..n {
             let cid = format!("{prefix}{i}");
             ins_c.execute(params![cid, tenant, now, plan])?;
@@ -758,7 +936,13 @@ pub fn seed(path: &Path, tenant: &str, plan: &str, n: usize, balance: i64, prefi
             ins_k.execute(params![kid, cid, &hash_key(&key)[..], now])?;
             if balance > 0 {
                 let op = format!("seed-{cid}");
-                ins_e.execute(params![&ledger::entry_id(tseq, &op, "topup", 0)[..], cseq, balance, op, now])?;
+                ins_e.execute(params![
+                    &ledger::entry_id(tseq, &op, "topup", 0)[..],
+                    cseq,
+                    balance,
+                    op,
+                    now
+                ])?;
                 ins_a.execute(params![cseq, balance])?;
             }
             keys.push(key);

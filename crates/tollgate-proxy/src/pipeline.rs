@@ -1,0 +1,948 @@
+//! The request pipeline, outermost first:
+//! request id → head limits (431/413) → built-in routes → route lookup → authenticate →
+//! rate limit → idempotency → payment gate (subscription → entitlement → quota → cap →
+//! balance, reserved all or nothing) → rewrite for upstream → upstream call → settle (charge
+//! actual, release the rest; durable before the response is released in strict mode) →
+//! stream back. Errors become the contract body in [`crate::respond`] only.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use sha2::{Digest, Sha256};
+
+use tollgate_core::config::{Durability, Overage};
+use tollgate_core::{ErrorCode, Money};
+use tollgate_store::{
+    Actual, Denied, Hold, IdemGuard, IdemLookup, IdemRecord, KeyEntry, Op, Store, StoredResponse,
+    UsageRecord,
+};
+
+use crate::body::{limited, replay_body};
+use crate::policy::{self, Remedy};
+use crate::ratelimit;
+use crate::respond::{full, Body, Reject};
+use crate::snapshot::{Route, Snapshot, Upstream};
+
+/// Shared state of the proxy.
+pub struct Gateway {
+    /// The current configuration snapshot.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Ledger, directory, journal.
+    pub store: Arc<Store>,
+    rid_prefix: String,
+    rid_counter: AtomicU64,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+static X_COST: HeaderName = HeaderName::from_static("x-tollgate-cost");
+static X_BALANCE: HeaderName = HeaderName::from_static("x-tollgate-balance");
+static X_QUOTA_REMAINING: HeaderName = HeaderName::from_static("x-tollgate-quota-remaining");
+static X_QUOTA_RESET: HeaderName = HeaderName::from_static("x-tollgate-quota-reset");
+static X_QUOTA_WARNING: HeaderName = HeaderName::from_static("x-tollgate-quota-warning");
+static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
+static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+
+/// Hop-by-hop headers never forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in listed {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+/// What a request carries through the pipeline after admission.
+struct Admitted {
+    key: Arc<KeyEntry>,
+    hold: Option<Hold>,
+    gate: Option<policy::Gate>,
+    charge_id: String,
+    idem: Option<IdemGuard>,
+    upstream: Arc<Upstream>,
+    req_bytes: u64,
+    quota_limit: Option<u64>,
+}
+
+impl Gateway {
+    /// A gateway over `store` with the compiled `snapshot`.
+    pub fn new(snapshot: Snapshot, store: Arc<Store>) -> Arc<Gateway> {
+        let rid_prefix: String = {
+            use rand::Rng;
+            let mut r = rand::thread_rng();
+            (0..10)
+                .map(|_| char::from(b"0123456789abcdefghjkmnpqrstvwxyz"[r.gen_range(0..32)]))
+                .collect()
+        };
+        Arc::new(Gateway {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            store,
+            rid_prefix,
+            rid_counter: AtomicU64::new(1),
+        })
+    }
+
+    fn request_id(&self) -> String {
+        let n = self.rid_counter.fetch_add(1, Ordering::Relaxed);
+        format!("{}{:010x}", self.rid_prefix, n)
+    }
+
+    /// Handle one request; never fails (errors are rendered into responses).
+    pub async fn handle(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Response<Body> {
+        let rid = self.request_id();
+        let snap = self.snapshot.load_full();
+        let docs = snap.config.server.docs_url.clone();
+        let mut resp = match self.process(req, remote, &rid, &snap).await {
+            Ok(r) => r,
+            Err(rej) => {
+                if rej.code == ErrorCode::Internal {
+                    tracing::error!(request_id = %rid, "internal error");
+                }
+                rej.into_response(&rid, &docs)
+            }
+        };
+        if let Ok(v) = HeaderValue::from_str(&rid) {
+            resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
+        }
+        resp
+    }
+
+    async fn process(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+        rid: &str,
+        snap: &Arc<Snapshot>,
+    ) -> Result<Response<Body>, Reject> {
+        let server = &snap.config.server;
+        // Head limits.
+        let head_bytes: usize = req.uri().to_string().len()
+            + req
+                .headers()
+                .iter()
+                .map(|(k, v)| k.as_str().len() + v.len() + 4)
+                .sum::<usize>();
+        if head_bytes > server.max_header_bytes {
+            return Err(Reject::new(ErrorCode::HeadersTooLarge)
+                .detail("limit_bytes", server.max_header_bytes));
+        }
+        let declared_len = match req.headers().get(header::CONTENT_LENGTH) {
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        Reject::new(ErrorCode::BadRequest)
+                            .detail("reason", "invalid Content-Length")
+                    })?,
+            ),
+            None => None,
+        };
+        if declared_len.is_some_and(|l| l > server.max_body_bytes) {
+            return Err(Reject::new(ErrorCode::PayloadTooLarge)
+                .detail("limit_bytes", server.max_body_bytes));
+        }
+        let path = req.uri().path();
+        if let Some(r) = builtin(path) {
+            return Ok(r);
+        }
+        let host = host_of(&req);
+        let Some(route) = snap.route(host.as_deref(), path, req.method()).cloned() else {
+            return Err(Reject::new(ErrorCode::NotFound).detail("path", path.to_string()));
+        };
+        if route.cfg.public {
+            let (parts, body) = req.into_parts();
+            let body = ForwardBody::Stream(limited(body, server.max_body_bytes));
+            let resp = self
+                .forward(
+                    &parts,
+                    body,
+                    remote,
+                    rid,
+                    &route,
+                    &route.upstream,
+                    None,
+                    host.as_deref(),
+                )
+                .await?;
+            let mut r = resp.map(|b| {
+                b.map_err(|e| Box::new(e) as crate::respond::BoxError)
+                    .boxed()
+            });
+            strip_hop_by_hop(r.headers_mut());
+            return Ok(r);
+        }
+        let now_ms = self.store.clock().now_ms();
+        let key = self.authenticate(&req, now_ms)?;
+        let consumer = Arc::clone(&key.consumer);
+        let sub = consumer.state.lock().sub.clone();
+        let Some(plan) = snap.plans.get(sub.plan.as_ref()).cloned() else {
+            return Err(Reject::new(ErrorCode::Forbidden)
+                .detail("reason", "plan_not_configured")
+                .detail("current_plan", sub.plan.as_ref()));
+        };
+        // Rate limit (transient, 429) before anything that costs.
+        if let Some((t, tau, rl)) = plan.gcra() {
+            let cell = match rl.scope {
+                tollgate_core::config::RateScope::Key => &key.rate_tat,
+                tollgate_core::config::RateScope::Consumer => &consumer.rate_tat,
+            };
+            if let Err(wait_ns) = ratelimit::gcra(cell, t, tau, ratelimit::now_ns()) {
+                let secs = wait_ns.div_ceil(1_000_000_000);
+                return Err(Reject::new(ErrorCode::RateLimited)
+                    .detail(
+                        "scope",
+                        if rl.scope == tollgate_core::config::RateScope::Key {
+                            "key"
+                        } else {
+                            "consumer"
+                        },
+                    )
+                    .detail("retry_after_ms", wait_ns.div_ceil(1_000_000))
+                    .retry_after(secs));
+            }
+        }
+        // Idempotency: buffer the body to fingerprint the request.
+        let (parts, body) = req.into_parts();
+        let mut body = Some(body);
+        let mut buffered: Option<Bytes> = None;
+        let mut idem = None;
+        let mut charge_id = rid.to_string();
+        if let Some(ik) = parts.headers.get(&IDEMPOTENCY_KEY) {
+            let ik = ik
+                .to_str()
+                .ok()
+                .filter(|s| !s.is_empty() && s.len() <= 255)
+                .ok_or_else(|| {
+                    Reject::new(ErrorCode::BadRequest).detail(
+                        "reason",
+                        "Idempotency-Key must be 1-255 visible ASCII characters",
+                    )
+                })?
+                .to_string();
+            let Some(b) = body.take() else {
+                return Err(Reject::new(ErrorCode::Internal));
+            };
+            let bytes = Limited::new(b, server.max_body_bytes as usize)
+                .collect()
+                .await
+                .map_err(|_| {
+                    Reject::new(ErrorCode::PayloadTooLarge)
+                        .detail("limit_bytes", server.max_body_bytes)
+                })?
+                .to_bytes();
+            let mut h = Sha256::new();
+            h.update(parts.method.as_str());
+            h.update([0]);
+            h.update(
+                parts
+                    .uri
+                    .path_and_query()
+                    .map(|p| p.as_str())
+                    .unwrap_or("/"),
+            );
+            h.update([0]);
+            h.update(&bytes);
+            let fp: [u8; 32] = h.finalize().into();
+            match self.store.idem.begin(consumer.seq, &ik, fp) {
+                IdemLookup::Replay(stored) => return Ok(replay(&stored)),
+                IdemLookup::Conflict => return Err(Reject::new(ErrorCode::IdempotencyConflict)),
+                IdemLookup::InProgress => {
+                    return Err(Reject::new(ErrorCode::IdempotencyInProgress).retry_after(1))
+                }
+                IdemLookup::Proceed(g) => idem = Some(g),
+            }
+            charge_id = format!("idem:{}:{}", consumer.seq, ik);
+            buffered = Some(bytes);
+        }
+        let req_bytes = buffered
+            .as_ref()
+            .map(|b| b.len() as u64)
+            .or(declared_len)
+            .unwrap_or(0);
+
+        // Payment gate.
+        policy::check_subscription(&sub, now_ms)
+            .map_err(|r| self.with_remedy(r, &consumer.tenant.id, &plan))?;
+        let now = self.store.clock().now();
+        let mut upstream = Arc::clone(&route.upstream);
+        let mut gate = policy::build(&plan, &route, &key, &consumer, &sub, req_bytes, now, false)
+            .map_err(|r| self.with_remedy(r, &consumer.tenant.id, &plan))?;
+        let hold = match self
+            .store
+            .ledger
+            .reserve(&consumer, gate.spec.clone(), now_ms)
+        {
+            Ok(h) => h,
+            Err(Denied::Limit { acct, .. })
+                if matches!(
+                    acct.kind,
+                    tollgate_store::AcctKind::QuotaRequests | tollgate_store::AcctKind::QuotaBytes
+                ) && plan.overage() != Overage::Block =>
+            {
+                if plan.overage() == Overage::Degrade {
+                    if let Some(d) = &plan.degrade {
+                        upstream = Arc::clone(d);
+                    }
+                }
+                gate = policy::build(&plan, &route, &key, &consumer, &sub, req_bytes, now, true)
+                    .map_err(|r| self.with_remedy(r, &consumer.tenant.id, &plan))?;
+                self.store
+                    .ledger
+                    .reserve(&consumer, gate.spec.clone(), now_ms)
+                    .map_err(|d| self.deny(d, &gate, &plan, &consumer.tenant.id, now))?
+            }
+            Err(d) => return Err(self.deny(d, &gate, &plan, &consumer.tenant.id, now)),
+        };
+        let quota_limit = plan.cfg.quotas.requests;
+        let adm = Admitted {
+            key,
+            hold: Some(hold),
+            gate: Some(gate),
+            charge_id,
+            idem,
+            upstream,
+            req_bytes,
+            quota_limit,
+        };
+        let fbody = match (buffered, body) {
+            (Some(b), _) => ForwardBody::Full(b),
+            (None, Some(body)) => ForwardBody::Stream(limited(body, server.max_body_bytes)),
+            (None, None) => ForwardBody::Full(Bytes::new()),
+        };
+        self.forward_governed(
+            parts,
+            fbody,
+            remote,
+            rid,
+            &route,
+            adm,
+            host.as_deref(),
+            snap,
+        )
+        .await
+    }
+
+    fn remedy_urls(
+        &self,
+        tenant_id: &str,
+        plan: &crate::snapshot::Plan,
+    ) -> (Option<String>, Option<String>) {
+        let t = self.store.dir.tenant(tenant_id);
+        let up = t
+            .as_ref()
+            .and_then(|t| t.upgrade_url.as_deref().map(str::to_string))
+            .or_else(|| plan.cfg.upgrade_url.clone());
+        let top = t
+            .as_ref()
+            .and_then(|t| t.top_up_url.as_deref().map(str::to_string))
+            .or_else(|| plan.cfg.top_up_url.clone());
+        (up, top)
+    }
+
+    fn with_remedy(&self, r: Reject, tenant_id: &str, plan: &crate::snapshot::Plan) -> Reject {
+        let (up, _) = self.remedy_urls(tenant_id, plan);
+        match r.code {
+            ErrorCode::PlanUpgradeRequired => {
+                let up2 = up.clone();
+                r.detail_opt("upgrade_url", up)
+                    .link(up2.as_deref(), "payment")
+            }
+            ErrorCode::SubscriptionInactive | ErrorCode::ApprovalPending => {
+                let contact = self
+                    .store
+                    .dir
+                    .tenant(tenant_id)
+                    .and_then(|t| t.contact_email.as_deref().map(str::to_string));
+                r.detail_opt("contact_email", contact)
+            }
+            _ => r,
+        }
+    }
+
+    fn deny(
+        &self,
+        d: Denied,
+        gate: &policy::Gate,
+        plan: &crate::snapshot::Plan,
+        tenant_id: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Reject {
+        let (up, top) = self.remedy_urls(tenant_id, plan);
+        let snap = self.snapshot.load();
+        let remedy = Remedy {
+            upgrade_url: up.as_deref(),
+            top_up_url: top.as_deref(),
+            currency: &snap.config.server.currency,
+        };
+        policy::explain(d, gate, plan, now, &remedy)
+    }
+
+    fn authenticate(&self, req: &Request<Incoming>, now_ms: i64) -> Result<Arc<KeyEntry>, Reject> {
+        let presented = match req.headers().get(header::AUTHORIZATION) {
+            Some(v) => {
+                let s = v
+                    .to_str()
+                    .map_err(|_| unauth(tollgate_store::AuthError::Malformed))?;
+                let (scheme, rest) = s
+                    .split_once(' ')
+                    .ok_or(unauth(tollgate_store::AuthError::Malformed))?;
+                if !scheme.eq_ignore_ascii_case("bearer") {
+                    return Err(unauth(tollgate_store::AuthError::Malformed)
+                        .detail("hint", "use the Bearer scheme"));
+                }
+                rest.trim()
+            }
+            None => match req.headers().get(&X_API_KEY) {
+                Some(v) => v
+                    .to_str()
+                    .map_err(|_| unauth(tollgate_store::AuthError::Malformed))?
+                    .trim(),
+                None => return Err(unauth(tollgate_store::AuthError::Missing)),
+            },
+        };
+        self.store
+            .dir
+            .authenticate(presented, now_ms)
+            .map_err(unauth)
+    }
+
+    /// Send the request to `up` and return the upstream response head with its body, or a
+    /// rejection for a refused connection (502) or a timeout (504). Only requests whose body
+    /// can be sent again (buffered or empty) are retried, once, on another target, and only
+    /// when the connection could not be made (nothing reached the upstream).
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        parts: &http::request::Parts,
+        body: ForwardBody,
+        remote: SocketAddr,
+        rid: &str,
+        route: &Route,
+        up: &Upstream,
+        who: Option<(&str, &str, &str)>,
+        host: Option<&str>,
+    ) -> Result<Response<Incoming>, Reject> {
+        let attempts = if body.replayable() {
+            up.targets.len().min(2)
+        } else {
+            1
+        };
+        let mut body = Some(body);
+        let mut last_err = Reject::new(ErrorCode::UpstreamUnavailable);
+        for attempt in 0..attempts {
+            let now_ms = self.store.clock().now_ms();
+            let idx = up.pick(now_ms);
+            let uri = uri_for(up, idx, route, &parts.uri)?;
+            let b = match body.take() {
+                Some(ForwardBody::Full(bytes)) => {
+                    if attempt + 1 < attempts {
+                        body = Some(ForwardBody::Full(bytes.clone()));
+                    }
+                    full(bytes)
+                }
+                Some(ForwardBody::Stream(s)) => s,
+                None => full(Bytes::new()),
+            };
+            let mut out = Request::new(b);
+            *out.method_mut() = parts.method.clone();
+            *out.uri_mut() = uri;
+            *out.headers_mut() = upstream_headers(
+                parts,
+                remote,
+                rid,
+                route,
+                who,
+                host,
+                &up.targets[idx].authority,
+            );
+            let res = tokio::time::timeout(up.request_timeout, up.client.request(out)).await;
+            match res {
+                Ok(Ok(resp)) => {
+                    up.report(idx, !resp.status().is_server_error(), now_ms);
+                    return Ok(resp);
+                }
+                Ok(Err(e)) => {
+                    up.report(idx, false, now_ms);
+                    tracing::warn!(request_id = %rid, upstream = %up.name, error = %e, "upstream call failed");
+                    if crate::body::is_length_limit(&e) {
+                        return Err(Reject::new(ErrorCode::PayloadTooLarge));
+                    }
+                    let connect = e.is_connect();
+                    last_err = Reject::new(ErrorCode::UpstreamUnavailable)
+                        .detail("upstream", up.name.as_str());
+                    if !connect {
+                        return Err(last_err);
+                    }
+                }
+                Err(_) => {
+                    up.report(idx, false, now_ms);
+                    return Err(Reject::new(ErrorCode::UpstreamTimeout)
+                        .detail("upstream", up.name.as_str())
+                        .detail("timeout_ms", up.request_timeout.as_millis() as u64));
+                }
+            }
+        }
+        Err(last_err)
+    }
+
+    /// Forward an admitted request, then settle or release its hold.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward_governed(
+        self: &Arc<Self>,
+        parts: http::request::Parts,
+        body: ForwardBody,
+        remote: SocketAddr,
+        rid: &str,
+        route: &Arc<Route>,
+        mut adm: Admitted,
+        host: Option<&str>,
+        snap: &Arc<Snapshot>,
+    ) -> Result<Response<Body>, Reject> {
+        let consumer = Arc::clone(&adm.key.consumer);
+        let plan_id = consumer.state.lock().sub.plan.clone();
+        let who = (
+            consumer.tenant.id.as_ref(),
+            consumer.id.as_ref(),
+            plan_id.as_ref(),
+        );
+        let upstream = Arc::clone(&adm.upstream);
+        let result = self
+            .forward(&parts, body, remote, rid, route, &upstream, Some(who), host)
+            .await;
+        let store_cfg = &snap.config.store;
+        let now_ms = self.store.clock().now_ms();
+        let resp = match result {
+            Err(rej) => {
+                // Refused connection or timeout: never charged; the hold is released.
+                drop(adm.hold.take());
+                self.record_uncharged(&adm, rid, route, 0, now_ms);
+                return Err(rej);
+            }
+            Ok(r) => r,
+        };
+        let status = resp.status();
+        if status.is_server_error() && !store_cfg.charge_server_errors {
+            drop(adm.hold.take());
+            self.record_uncharged(&adm, rid, route, status.as_u16(), now_ms);
+            let mut r = resp.map(|b| {
+                b.map_err(|e| Box::new(e) as crate::respond::BoxError)
+                    .boxed()
+            });
+            r.headers_mut()
+                .insert(X_COST.clone(), HeaderValue::from_static("0.00"));
+            strip_hop_by_hop(r.headers_mut());
+            return Ok(r);
+        }
+        let (mut head, incoming) = resp.into_parts();
+        strip_hop_by_hop(&mut head.headers);
+        let resp_len = head
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|s| s.parse::<u64>().ok());
+        // With an Idempotency-Key the response is kept to replay it, so read it first.
+        let mut kept: Option<Option<Bytes>> = None;
+        let mut body: Body = incoming
+            .map_err(|e| Box::new(e) as crate::respond::BoxError)
+            .boxed();
+        if adm.idem.is_some() {
+            let (k, b) = crate::body::keep_prefix(body, store_cfg.idempotency_max_body_bytes).await;
+            kept = Some(k);
+            body = b;
+        }
+        let gate = adm.gate.take();
+        let hold = adm.hold.take();
+        let mut headers_out: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(6);
+        let mut cost = Money::ZERO;
+        if let (Some(gate), Some(hold)) = (gate, hold) {
+            let resp_bytes = kept
+                .as_ref()
+                .and_then(|k| k.as_ref().map(|b| b.len() as u64))
+                .or(resp_len)
+                .unwrap_or(0);
+            let mut legs = Vec::with_capacity(gate.spec.legs.len());
+            for (i, l) in gate.spec.legs.iter().enumerate() {
+                let v = if Some(i) == gate.quota_leg {
+                    1
+                } else if Some(i) == gate.bytes_leg {
+                    (adm.req_bytes + resp_bytes) as i64
+                } else {
+                    l.amount
+                };
+                legs.push(v);
+            }
+            let tenant_legs = gate.spec.tenant_legs.iter().map(|l| l.amount).collect();
+            cost = gate.price;
+            let posting = hold.settle(
+                &adm.charge_id,
+                &Actual {
+                    cost: cost.micros(),
+                    legs,
+                    tenant_legs,
+                },
+            );
+            let usage = UsageRecord {
+                charge_id: adm.charge_id.clone(),
+                request_id: rid.to_string(),
+                tenant_seq: consumer.tenant.seq,
+                consumer_seq: consumer.seq,
+                key_id: Some(adm.key.id.to_string()),
+                route: route.cfg.id.clone(),
+                status: status.as_u16(),
+                requests: 1,
+                bytes: (adm.req_bytes + resp_bytes) as i64,
+                cost: cost.micros(),
+                charged: true,
+                occurred_ms: now_ms,
+            };
+            headers_out.push((X_COST.clone(), money_header(cost)));
+            headers_out.push((
+                X_BALANCE.clone(),
+                money_header(Money(posting.balance_after)),
+            ));
+            if let (Some(qi), Some(limit)) = (gate.quota_leg, adm.quota_limit) {
+                let used = posting.legs_after.get(qi).copied().unwrap_or(0).max(0) as u64;
+                let remaining = limit.saturating_sub(used);
+                let reset_secs = (gate.period.end.timestamp_millis() - now_ms).max(0) / 1000;
+                let window = (gate.period.end - gate.period.start).num_seconds();
+                push_header(
+                    &mut headers_out,
+                    &RATELIMIT_POLICY,
+                    format!("\"quota\";q={limit};w={window}"),
+                );
+                push_header(
+                    &mut headers_out,
+                    &RATELIMIT,
+                    format!("\"quota\";r={remaining};t={reset_secs}"),
+                );
+                push_header(&mut headers_out, &X_QUOTA_REMAINING, remaining.to_string());
+                push_header(
+                    &mut headers_out,
+                    &X_QUOTA_RESET,
+                    gate.period.end.to_rfc3339(),
+                );
+                if limit > 0 && used * 10 >= limit * 9 {
+                    headers_out.push((X_QUOTA_WARNING.clone(), HeaderValue::from_static("90")));
+                } else if limit > 0 && used * 10 >= limit * 8 {
+                    headers_out.push((X_QUOTA_WARNING.clone(), HeaderValue::from_static("80")));
+                }
+            }
+            let idem_rec = match (&adm.idem, &kept) {
+                (Some(g), Some(k)) => Some(Box::new(IdemRecord {
+                    consumer_seq: consumer.seq,
+                    key: adm
+                        .charge_id
+                        .rsplit_once(':')
+                        .map(|(_, k)| k.to_string())
+                        .unwrap_or_default(),
+                    fingerprint: g.fingerprint(),
+                    status: status.as_u16(),
+                    headers: replay_headers(&head.headers, &headers_out),
+                    body: k.as_ref().map(|b| b.to_vec()),
+                    created_ms: now_ms,
+                })),
+                _ => None,
+            };
+            let op = Op::Charge {
+                usage: Box::new(usage),
+                entries: posting.entries.clone(),
+                idem: idem_rec.clone(),
+            };
+            if self.store.durability == Durability::Strict {
+                if let Err(e) = self.store.journal.write(op).await {
+                    tollgate_store::ledger::revert_posting(&consumer, &posting);
+                    tracing::error!(request_id = %rid, error = %e, "charge could not be made durable");
+                    return Err(Reject::new(ErrorCode::StoreUnavailable).retry_after(5));
+                }
+            } else if let Err(e) = self.store.journal.write_nowait(op) {
+                tracing::error!(request_id = %rid, error = %e, "charge could not be queued");
+            }
+            if let (Some(g), Some(rec)) = (adm.idem.take(), idem_rec) {
+                g.complete(StoredResponse {
+                    status: rec.status,
+                    headers: rec.headers,
+                    body: rec.body,
+                    created_ms: rec.created_ms,
+                });
+            }
+        }
+        let mut r = Response::from_parts(head, body);
+        for (k, v) in headers_out {
+            r.headers_mut().insert(k, v);
+        }
+        let _ = cost;
+        Ok(r)
+    }
+
+    fn record_uncharged(&self, adm: &Admitted, rid: &str, route: &Route, status: u16, now_ms: i64) {
+        let c = &adm.key.consumer;
+        let usage = UsageRecord {
+            charge_id: format!("nocharge:{rid}"),
+            request_id: rid.to_string(),
+            tenant_seq: c.tenant.seq,
+            consumer_seq: c.seq,
+            key_id: Some(adm.key.id.to_string()),
+            route: route.cfg.id.clone(),
+            status,
+            requests: 1,
+            bytes: adm.req_bytes as i64,
+            cost: 0,
+            charged: false,
+            occurred_ms: now_ms,
+        };
+        if let Err(e) = self.store.journal.write_nowait(Op::Charge {
+            usage: Box::new(usage),
+            entries: Vec::new(),
+            idem: None,
+        }) {
+            tracing::error!(request_id = %rid, error = %e, "usage record could not be queued");
+        }
+    }
+}
+
+/// The request body to send upstream.
+pub enum ForwardBody {
+    /// Already read (idempotency) — can be sent again.
+    Full(Bytes),
+    /// Still streaming from the client.
+    Stream(Body),
+}
+
+impl ForwardBody {
+    fn replayable(&self) -> bool {
+        matches!(self, ForwardBody::Full(_))
+    }
+}
+
+fn money_header(m: Money) -> HeaderValue {
+    HeaderValue::from_str(&m.to_string()).unwrap_or_else(|_| HeaderValue::from_static("0.00"))
+}
+
+fn push_header(v: &mut Vec<(HeaderName, HeaderValue)>, k: &HeaderName, s: String) {
+    if let Ok(h) = HeaderValue::from_str(&s) {
+        v.push((k.clone(), h));
+    }
+}
+
+fn replay_headers(h: &HeaderMap, extra: &[(HeaderName, HeaderValue)]) -> Vec<(String, String)> {
+    h.iter()
+        .chain(extra.iter().map(|(k, v)| (k, v)))
+        .filter(|(k, _)| *k != header::CONTENT_LENGTH && *k != header::DATE)
+        .filter_map(|(k, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (k.as_str().to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Headers for the upstream request: hop-by-hop removed, client credentials removed on
+/// governed routes, identity and forwarding headers added, our own `x-tollgate-*` never
+/// taken from the client.
+fn upstream_headers(
+    parts: &http::request::Parts,
+    remote: SocketAddr,
+    rid: &str,
+    route: &Route,
+    who: Option<(&str, &str, &str)>,
+    host: Option<&str>,
+    authority: &http::uri::Authority,
+) -> HeaderMap {
+    let mut h = parts.headers.clone();
+    strip_hop_by_hop(&mut h);
+    let ours: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-tollgate-"))
+        .cloned()
+        .collect();
+    for k in ours {
+        h.remove(k);
+    }
+    if !route.cfg.public {
+        h.remove(header::AUTHORIZATION);
+        h.remove(&X_API_KEY);
+    }
+    h.remove(&IDEMPOTENCY_KEY);
+    let ip = remote.ip().to_string();
+    let xff = match h.get(&XFF).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip.clone(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        h.insert(XFF.clone(), v);
+    }
+    h.insert(XFP.clone(), HeaderValue::from_static("http"));
+    let node = if remote.is_ipv6() {
+        format!("\"[{ip}]\"")
+    } else {
+        ip
+    };
+    let fwd = match host {
+        Some(hn) => format!("for={node};host={hn};proto=http"),
+        None => format!("for={node};proto=http"),
+    };
+    let fwd = match h.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {fwd}"),
+        None => fwd,
+    };
+    if let Ok(v) = HeaderValue::from_str(&fwd) {
+        h.insert(FORWARDED.clone(), v);
+    }
+    if let Some(orig) = parts.headers.get(header::HOST) {
+        h.insert(XFH.clone(), orig.clone());
+    }
+    if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+        h.insert(header::HOST, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(rid) {
+        h.insert(X_REQUEST_ID.clone(), v);
+    }
+    if let Some((tenant, consumer, plan)) = who {
+        for (k, v) in [
+            ("x-tollgate-tenant", tenant),
+            ("x-tollgate-consumer", consumer),
+            ("x-tollgate-plan", plan),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(v) {
+                h.insert(HeaderName::from_static(k), v);
+            }
+        }
+    }
+    h
+}
+
+fn unauth(e: tollgate_store::AuthError) -> Reject {
+    Reject::new(ErrorCode::Unauthenticated).detail("reason", e.reason())
+}
+
+fn host_of<B>(req: &Request<B>) -> Option<String> {
+    if let Some(h) = req.uri().host() {
+        return Some(h.to_ascii_lowercase());
+    }
+    let h = req.headers().get(header::HOST)?.to_str().ok()?;
+    let h = match h.rsplit_once(':') {
+        Some((name, port))
+            if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(']')
+                || h.starts_with('[') && h.ends_with(']') =>
+        {
+            if h.starts_with('[') && h.ends_with(']') {
+                h
+            } else {
+                name
+            }
+        }
+        _ => h,
+    };
+    Some(h.to_ascii_lowercase())
+}
+
+fn builtin(path: &str) -> Option<Response<Body>> {
+    match path {
+        "/_tollgate/health" => {
+            let mut r = Response::new(full(&b"{\"status\":\"ok\"}"[..]));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            Some(r)
+        }
+        "/_tollgate/errors" => {
+            let mut r = Response::new(full(tollgate_core::error::render_errors_doc()));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/markdown; charset=utf-8"),
+            );
+            Some(r)
+        }
+        _ => None,
+    }
+}
+
+fn replay(stored: &StoredResponse) -> Response<Body> {
+    let mut r = Response::new(replay_body(stored.body.clone()));
+    *r.status_mut() = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    for (k, v) in &stored.headers {
+        if let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_bytes()),
+            HeaderValue::from_str(v),
+        ) {
+            r.headers_mut().append(k, v);
+        }
+    }
+    r.headers_mut().insert(
+        IDEMPOTENT_REPLAYED.clone(),
+        HeaderValue::from_static("true"),
+    );
+    if stored.body.is_none() {
+        r.headers_mut().insert(
+            HeaderName::from_static("x-tollgate-replay-body"),
+            HeaderValue::from_static("omitted"),
+        );
+    }
+    r
+}
+
+fn uri_for(up: &Upstream, idx: usize, route: &Route, orig: &Uri) -> Result<Uri, Reject> {
+    let t = &up.targets[idx.min(up.targets.len().saturating_sub(1))];
+    let pq = orig.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let pq = if route.cfg.strip_prefix {
+        let prefix = route.cfg.path_prefix.trim_end_matches('/');
+        let rest = pq.strip_prefix(prefix).unwrap_or(pq);
+        if rest.is_empty() || rest.starts_with('?') {
+            format!("/{rest}")
+        } else {
+            rest.to_string()
+        }
+    } else {
+        pq.to_string()
+    };
+    let base_path = t.base.path().trim_end_matches('/');
+    let scheme = t.base.scheme_str().unwrap_or("http");
+    format!("{scheme}://{}{base_path}{pq}", t.authority)
+        .parse()
+        .map_err(|_| Reject::new(ErrorCode::BadRequest).detail("reason", "invalid request target"))
+}
