@@ -456,7 +456,7 @@ impl Config {
                 );
             }
         }
-        if s.listen == s.admin_listen {
+        if s.listen == s.admin_listen && !s.listen.ends_with(":0") {
             push(
                 "server.admin_listen".into(),
                 "must differ from server.listen".into(),
