@@ -129,14 +129,13 @@ impl Gateway {
     ) -> Response<Body> {
         let rid = self.request_id();
         let snap = self.snapshot.load_full();
-        let docs = snap.config.server.docs_url.clone();
         let mut resp = match self.process(req, remote, &rid, &snap).await {
             Ok(r) => r,
             Err(rej) => {
                 if rej.code == ErrorCode::Internal {
                     tracing::error!(request_id = %rid, "internal error");
                 }
-                rej.into_response(&rid, &docs)
+                rej.into_response(&rid, &snap.config.server.docs_url)
             }
         };
         if let Ok(v) = HeaderValue::from_str(&rid) {
@@ -612,14 +611,11 @@ impl Gateway {
             }
             let tenant_legs = gate.spec.tenant_legs.iter().map(|l| l.amount).collect();
             cost = gate.price;
-            let posting = hold.settle(
-                &adm.charge_id,
-                &Actual {
-                    cost: cost.micros(),
-                    legs,
-                    tenant_legs,
-                },
-            );
+            let posting = hold.settle(&Actual {
+                cost: cost.micros(),
+                legs,
+                tenant_legs,
+            });
             let usage = UsageRecord {
                 charge_id: adm.charge_id.clone(),
                 request_id: rid.to_string(),

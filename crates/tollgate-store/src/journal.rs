@@ -119,6 +119,8 @@ struct Job {
 #[derive(Clone)]
 pub struct Journal {
     tx: mpsc::Sender<Job>,
+    /// The checkpointer stops once every handle is gone.
+    _alive: std::sync::Arc<()>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -148,17 +150,17 @@ CREATE TABLE IF NOT EXISTS accounts(
   credits INTEGER NOT NULL DEFAULT 0, debits INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY(kind, owner, period)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS entries(
-  id BLOB PRIMARY KEY, kind TEXT NOT NULL,
+  charge_id TEXT NOT NULL, leg INTEGER NOT NULL, kind TEXT NOT NULL,
   debit_kind INTEGER NOT NULL, debit_owner INTEGER NOT NULL, debit_period INTEGER NOT NULL,
   credit_kind INTEGER NOT NULL, credit_owner INTEGER NOT NULL, credit_period INTEGER NOT NULL,
-  amount INTEGER NOT NULL CHECK(amount > 0), charge_id TEXT NOT NULL, created_ms INTEGER NOT NULL
-) WITHOUT ROWID;
+  amount INTEGER NOT NULL CHECK(amount > 0), created_ms INTEGER NOT NULL,
+  PRIMARY KEY(charge_id, leg)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS usage(
   charge_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, tenant_seq INTEGER NOT NULL,
   consumer_seq INTEGER NOT NULL, key_id TEXT, route TEXT NOT NULL, status INTEGER NOT NULL,
   requests INTEGER NOT NULL, bytes INTEGER NOT NULL, cost INTEGER NOT NULL,
   charged INTEGER NOT NULL, occurred_ms INTEGER NOT NULL) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS usage_consumer_time ON usage(consumer_seq, occurred_ms);
+CREATE INDEX IF NOT EXISTS usage_time ON usage(occurred_ms);
 CREATE TABLE IF NOT EXISTS idempotency(
   consumer_seq INTEGER NOT NULL, key TEXT NOT NULL, fingerprint BLOB NOT NULL,
   status INTEGER NOT NULL, headers TEXT NOT NULL, body BLOB, created_ms INTEGER NOT NULL,
@@ -194,14 +196,22 @@ pub fn open_connection(path: &Path, strict: bool) -> Result<Connection, StoreErr
 }
 
 impl Journal {
-    /// Start the writer thread on `conn`.
-    pub fn start(conn: Connection) -> Result<Journal, StoreError> {
+    /// Start the writer thread on `conn`, and a checkpointer on `checkpoint_conn` so that
+    /// copying the WAL into the database file (and its fsync) never stalls a commit.
+    pub fn start(conn: Connection, checkpoint_conn: Connection) -> Result<Journal, StoreError> {
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let alive = std::sync::Arc::new(());
+        let weak = std::sync::Arc::downgrade(&alive);
+        thread::Builder::new()
+            .name("tollgate-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpoint_conn, weak))
+            .map_err(|e| StoreError::Sql(format!("cannot start checkpoint thread: {e}")))?;
         let (tx, rx) = mpsc::channel::<Job>();
         thread::Builder::new()
             .name("tollgate-journal".into())
             .spawn(move || writer_loop(conn, rx))
             .map_err(|e| StoreError::Sql(format!("cannot start writer thread: {e}")))?;
-        Ok(Journal { tx })
+        Ok(Journal { tx, _alive: alive })
     }
 
     /// Queue `op` and wait until it is durable.
@@ -242,6 +252,31 @@ impl Journal {
 }
 
 const MAX_BATCH: usize = 4096;
+
+/// Checkpoint the WAL every 500 ms without blocking writers (PASSIVE); when it has grown past
+/// 64 MiB, wait for a moment without readers to restart it from the beginning (TRUNCATE) so
+/// it does not grow without bound. Stops when the database can no longer be opened.
+fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<()>) {
+    loop {
+        thread::sleep(std::time::Duration::from_millis(500));
+        if alive.upgrade().is_none() {
+            return;
+        }
+        let r: Result<(i64, i64, i64), _> =
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            });
+        match r {
+            Ok((_, log_pages, done)) if log_pages > 16_384 && log_pages == done => {
+                let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "WAL checkpoint failed");
+            }
+        }
+    }
+}
 
 fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
@@ -387,13 +422,14 @@ fn insert_entries(
         return Ok(());
     }
     let mut st = tx.prepare_cached(
-        "INSERT INTO entries(id, kind, debit_kind, debit_owner, debit_period, credit_kind,
-         credit_owner, credit_period, amount, charge_id, created_ms)
-         VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11) ON CONFLICT(id) DO NOTHING",
+        "INSERT INTO entries(charge_id, leg, kind, debit_kind, debit_owner, debit_period, credit_kind,
+         credit_owner, credit_period, amount, created_ms)
+         VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11) ON CONFLICT(charge_id, leg) DO NOTHING",
     )?;
     for e in entries {
         let n = st.execute(params![
-            &e.id[..],
+            charge_id,
+            e.leg,
             e.kind,
             e.debit.kind as u8,
             e.debit.owner,
@@ -402,7 +438,6 @@ fn insert_entries(
             e.credit.owner,
             e.credit.period,
             e.amount,
-            charge_id,
             now_ms
         ])?;
         // Only a first insert moves balances: replays are no-ops forever.

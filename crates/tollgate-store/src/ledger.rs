@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
-use sha2::{Digest, Sha256};
 
 use crate::directory::{ConsumerEntry, Subscription};
 
@@ -83,8 +82,10 @@ pub struct AcctKey {
 /// A balanced posting: `amount` leaves `debit` and arrives at `credit`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
-    /// Deterministic id: replaying the same posting is a no-op.
-    pub id: [u8; 16],
+    /// Leg number within its charge; `(charge id, leg)` is the entry's deterministic id, so
+    /// replaying the same posting is a no-op. Charge ids grow monotonically within a process,
+    /// which keeps the journal's inserts at the end of its B-tree.
+    pub leg: u16,
     /// What caused it (`charge`, `quota`, `cap`, `topup`, `adjust`, `bytes`).
     pub kind: &'static str,
     /// Debited account.
@@ -93,20 +94,6 @@ pub struct Entry {
     pub credit: AcctKey,
     /// Positive amount.
     pub amount: i64,
-}
-
-/// The deterministic id of an entry.
-pub fn entry_id(tenant_seq: i64, charge_id: &str, kind: &str, leg: usize) -> [u8; 16] {
-    let mut h = Sha256::new();
-    h.update(tenant_seq.to_le_bytes());
-    h.update((charge_id.len() as u64).to_le_bytes());
-    h.update(charge_id.as_bytes());
-    h.update(kind.as_bytes());
-    h.update((leg as u64).to_le_bytes());
-    let d = h.finalize();
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&d[..16]);
-    id
 }
 
 /// Posted and pending use of one counter account.
@@ -409,49 +396,6 @@ impl LedgerShared {
         }
         released
     }
-
-    /// Post a top-up or adjustment of the prepaid balance in memory (positive credits,
-    /// negative debits) and return its entry.
-    pub fn adjust_balance(
-        &self,
-        consumer: &ConsumerEntry,
-        charge_id: &str,
-        amount: i64,
-        kind: &'static str,
-    ) -> (Entry, i64) {
-        let mut st = consumer.state.lock();
-        let bal = AcctKey {
-            kind: AcctKind::Balance,
-            owner: consumer.seq,
-            period: 0,
-        };
-        let funding = AcctKey {
-            kind: AcctKind::Funding,
-            owner: 0,
-            period: 0,
-        };
-        let id = entry_id(consumer.tenant.seq, charge_id, kind, 0);
-        let entry = if amount >= 0 {
-            st.balance_credits += amount;
-            Entry {
-                id,
-                kind,
-                debit: funding,
-                credit: bal,
-                amount,
-            }
-        } else {
-            st.balance_debits += -amount;
-            Entry {
-                id,
-                kind,
-                debit: bal,
-                credit: funding,
-                amount: -amount,
-            }
-        };
-        (entry, st.posted_balance())
-    }
 }
 
 fn check_legs(counters: &Counters, legs: &[Leg]) -> Result<(), Denied> {
@@ -513,9 +457,9 @@ impl Hold {
     }
 
     /// Post `actual` (overruns included: usage that happened is never dropped), release the
-    /// rest, and return the balanced entries for the journal. `charge_id` makes the entry ids
-    /// deterministic (the request id, or the consumer-scoped `Idempotency-Key`).
-    pub fn settle(mut self, charge_id: &str, actual: &Actual) -> Posting {
+    /// rest, and return the balanced entries for the journal. The journal keys the entries by the charge id and
+    /// their leg numbers (the request id, or the consumer-scoped `Idempotency-Key`).
+    pub fn settle(mut self, actual: &Actual) -> Posting {
         self.done = true;
         let c = Arc::clone(&self.consumer);
         let tenant_seq = c.tenant.seq;
@@ -534,7 +478,7 @@ impl Hold {
         if actual.cost > 0 {
             st.balance_debits += actual.cost;
             entries.push(Entry {
-                id: entry_id(tenant_seq, charge_id, "charge", 0),
+                leg: 0,
                 kind: "charge",
                 debit: AcctKey {
                     kind: AcctKind::Balance,
@@ -553,7 +497,7 @@ impl Hold {
             let amt = actual.legs.get(i).copied().unwrap_or(0);
             if amt > 0 {
                 st.counters.get_mut(l.acct).posted += amt;
-                entries.push(leg_entry(tenant_seq, charge_id, i + 1, l.acct, amt));
+                entries.push(leg_entry(i + 1, l.acct, amt));
             }
         }
         if !self.spec.tenant_legs.is_empty() {
@@ -565,7 +509,7 @@ impl Hold {
                 let amt = actual.tenant_legs.get(i).copied().unwrap_or(0);
                 if amt > 0 {
                     ts.counters.get_mut(l.acct).posted += amt;
-                    entries.push(leg_entry(tenant_seq, charge_id, 100 + i, l.acct, amt));
+                    entries.push(leg_entry(100 + i, l.acct, amt));
                 }
             }
         }
@@ -588,13 +532,13 @@ impl Hold {
     }
 }
 
-fn leg_entry(tenant_seq: i64, charge_id: &str, leg: usize, acct: AcctKey, amount: i64) -> Entry {
+fn leg_entry(leg: usize, acct: AcctKey, amount: i64) -> Entry {
     let kind = match acct.kind {
         AcctKind::QuotaRequests | AcctKind::QuotaBytes => "quota",
         _ => "cap",
     };
     Entry {
-        id: entry_id(tenant_seq, charge_id, kind, leg),
+        leg: leg as u16,
         kind,
         debit: acct,
         credit: AcctKey {
@@ -722,14 +666,11 @@ mod tests {
             )
             .unwrap();
         assert_eq!(c.state.lock().available(), 600);
-        let p = h.settle(
-            "r1",
-            &Actual {
-                cost: 250,
-                legs: vec![1],
-                tenant_legs: vec![],
-            },
-        );
+        let p = h.settle(&Actual {
+            cost: 250,
+            legs: vec![1],
+            tenant_legs: vec![],
+        });
         assert_eq!(p.balance_after, 750);
         assert_eq!(p.entries.len(), 2);
         let st = c.state.lock();
@@ -775,22 +716,33 @@ mod tests {
         assert_eq!(l.sweep(1000), 1);
         assert_eq!(c.state.lock().available(), 100);
         assert_eq!(l.pending_holds(), 0);
-        let p = h.settle(
-            "r2",
-            &Actual {
-                cost: 100,
-                ..Default::default()
-            },
-        );
+        let p = h.settle(&Actual {
+            cost: 100,
+            ..Default::default()
+        });
         assert!(p.hold_had_expired);
         assert_eq!(c.state.lock().available(), 0);
     }
 
     #[test]
-    fn entry_ids_are_deterministic() {
-        assert_eq!(entry_id(1, "r", "charge", 0), entry_id(1, "r", "charge", 0));
-        assert_ne!(entry_id(1, "r", "charge", 0), entry_id(2, "r", "charge", 0));
-        assert_ne!(entry_id(1, "r", "charge", 0), entry_id(1, "r", "charge", 1));
+    fn legs_of_a_charge_have_distinct_ids() {
+        let l = LedgerShared::new(1000);
+        let c = consumer(1_000);
+        let spec = ReserveSpec {
+            balance: 10,
+            legs: vec![quota(5)],
+            tenant_legs: vec![tenant_cap(50, 10)],
+        };
+        let h = l.reserve(&c, spec, 0).unwrap();
+        let p = h.settle(&Actual {
+            cost: 10,
+            legs: vec![1],
+            tenant_legs: vec![10],
+        });
+        let mut legs: Vec<u16> = p.entries.iter().map(|e| e.leg).collect();
+        legs.sort_unstable();
+        legs.dedup();
+        assert_eq!(legs.len(), 3);
     }
 
     #[test]
@@ -812,13 +764,10 @@ mod tests {
                             0,
                         ) {
                             ok.fetch_add(1, Ordering::SeqCst);
-                            h.settle(
-                                &format!("{t}-{i}"),
-                                &Actual {
-                                    cost: 10,
-                                    ..Default::default()
-                                },
-                            );
+                            h.settle(&Actual {
+                                cost: 10,
+                                ..Default::default()
+                            });
                         }
                     }
                 });
@@ -850,7 +799,7 @@ mod tests {
                     1 => if let Some(h) = live.pop() {
                         let cost = actual.min(h.spec().balance);
                         let tl = vec![cost];
-                        let p = h.settle(&i.to_string(), &Actual { cost, legs: vec![1], tenant_legs: tl });
+                        let p = h.settle(&Actual { cost, legs: vec![1], tenant_legs: tl });
                         charged += cost;
                         overrun |= p.hold_had_expired;
                         let d: i64 = p.entries.iter().map(|e| e.amount).sum();

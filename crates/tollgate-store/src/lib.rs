@@ -174,7 +174,7 @@ impl Store {
             clock.now_ms(),
             cfg.idempotency_ttl_secs as i64 * 1000,
         )?;
-        let journal = Journal::start(conn)?;
+        let journal = Journal::start(conn, journal::open_connection(path, strict)?)?;
         let reader = journal::open_connection(path, strict)?;
         Ok(Store {
             dir,
@@ -603,18 +603,18 @@ impl Store {
         } else {
             (bal, funding)
         };
-        let id = ledger::entry_id(c.tenant.seq, op_id, kind, 0);
         let now = self.clock.now_ms();
-        let (op, abs) = (op_id.to_string(), amount.abs());
+        // Namespaced so an operator's id can never collide with a request's charge id.
+        let (op, abs) = (format!("op:{kind}:{op_id}"), amount.abs());
         let applied = self
             .journal
             .admin(move |tx| {
                 let n = tx.execute(
-                    "INSERT INTO entries(id, kind, debit_kind, debit_owner, debit_period, credit_kind,
-                     credit_owner, credit_period, amount, charge_id, created_ms)
-                     VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11) ON CONFLICT(id) DO NOTHING",
-                    params![&id[..], kind, debit.kind as u8, debit.owner, debit.period, credit.kind as u8,
-                            credit.owner, credit.period, abs, op, now],
+                    "INSERT INTO entries(charge_id, leg, kind, debit_kind, debit_owner, debit_period, credit_kind,
+                     credit_owner, credit_period, amount, created_ms)
+                     VALUES(?1,0,?2,?3,?4,?5,?6,?7,?8,?9,?10) ON CONFLICT(charge_id, leg) DO NOTHING",
+                    params![op, kind, debit.kind as u8, debit.owner, debit.period, credit.kind as u8,
+                            credit.owner, credit.period, abs, now],
                 )?;
                 if n == 1 {
                     for (k, c, d) in [(debit, 0, abs), (credit, abs, 0)] {
@@ -648,15 +648,16 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("consumer `{consumer}`")))?;
         let conn = self.reader.lock();
         let mut st = conn.prepare(
-            "SELECT id, kind, debit_kind = 1 AND debit_owner = ?1, amount, charge_id, created_ms FROM entries
+            "SELECT leg, kind, debit_kind = 1 AND debit_owner = ?1, amount, charge_id, created_ms FROM entries
              WHERE (debit_kind = 1 AND debit_owner = ?1) OR (credit_kind = 1 AND credit_owner = ?1)
              ORDER BY created_ms DESC LIMIT ?2",
         )?;
         let rows = st.query_map(params![c.seq, limit as i64], |r| {
-            let id: Vec<u8> = r.get(0)?;
+            let leg: i64 = r.get(0)?;
+            let charge_id: String = r.get(4)?;
             let is_debit: bool = r.get(2)?;
             Ok(EntryView {
-                id: hex::encode(id),
+                id: format!("{charge_id}/{leg}"),
                 kind: r.get(1)?,
                 direction: if is_debit { "debit" } else { "credit" },
                 amount: money(r.get(3)?),
@@ -899,21 +900,17 @@ pub fn seed(
     let mut conn = journal::open_connection(path, false)?;
     let tx = conn.transaction()?;
     let now = chrono::Utc::now().timestamp_millis();
-    let tseq: Option<i64> = tx
+    let exists: Option<i64> = tx
         .query_row("SELECT seq FROM tenants WHERE id=?1", [tenant], |r| {
             r.get(0)
         })
         .optional()?;
-    let tseq = match tseq {
-        Some(s) => s,
-        None => {
-            tx.execute(
-                "INSERT INTO tenants(id, name, created_ms) VALUES(?1, ?1, ?2)",
-                params![tenant, now],
-            )?;
-            tx.last_insert_rowid()
-        }
-    };
+    if exists.is_none() {
+        tx.execute(
+            "INSERT INTO tenants(id, name, created_ms) VALUES(?1, ?1, ?2)",
+            params![tenant, now],
+        )?;
+    }
     let mut keys = Vec::with_capacity(n);
     {
         let mut ins_c = tx.prepare(
@@ -922,8 +919,8 @@ pub fn seed(
         )?;
         let mut ins_k = tx.prepare("INSERT INTO api_keys(id, consumer_id, hash, source, created_ms) VALUES(?1, ?2, ?3, 'seed', ?4)")?;
         let mut ins_e = tx.prepare(
-            "INSERT INTO entries(id, kind, debit_kind, debit_owner, debit_period, credit_kind, credit_owner, credit_period,
-             amount, charge_id, created_ms) VALUES(?1, 'topup', 102, 0, 0, 1, ?2, 0, ?3, ?4, ?5)",
+            "INSERT INTO entries(charge_id, leg, kind, debit_kind, debit_owner, debit_period, credit_kind, credit_owner,
+             credit_period, amount, created_ms) VALUES(?1, 0, 'topup', 102, 0, 0, 1, ?2, 0, ?3, ?4)",
         )?;
         let mut ins_a = tx.prepare(
             "INSERT INTO accounts(kind, owner, period, credits, debits) VALUES(1, ?1, 0, ?2, 0)",
@@ -935,14 +932,8 @@ pub fn seed(
             let (kid, key) = generate_key(false);
             ins_k.execute(params![kid, cid, &hash_key(&key)[..], now])?;
             if balance > 0 {
-                let op = format!("seed-{cid}");
-                ins_e.execute(params![
-                    &ledger::entry_id(tseq, &op, "topup", 0)[..],
-                    cseq,
-                    balance,
-                    op,
-                    now
-                ])?;
+                let op = format!("op:topup:seed-{cid}");
+                ins_e.execute(params![op, cseq, balance, now])?;
                 ins_a.execute(params![cseq, balance])?;
             }
             keys.push(key);
