@@ -760,7 +760,7 @@ async fn change_balance(
             .store
             .list_entries(consumer, MAX_PAGE)?
             .into_iter()
-            .find(|e| e.charge_id == op_id);
+            .find(|e| e.charge_id == tollgate_store::op_charge_id(kind, &op_id));
         if let Some(e) = earlier {
             let signed = if e.direction == "debit" {
                 format!("-{}", e.amount)

@@ -605,7 +605,7 @@ impl Store {
         };
         let now = self.clock.now_ms();
         // Namespaced so an operator's id can never collide with a request's charge id.
-        let (op, abs) = (format!("op:{kind}:{op_id}"), amount.abs());
+        let (op, abs) = (op_charge_id(kind, op_id), amount.abs());
         let applied = self
             .journal
             .admin(move |tx| {
@@ -703,6 +703,12 @@ impl Store {
             |r| r.get(0),
         )?)
     }
+}
+
+/// The charge id under which an operator's balance change with `op_id` is recorded
+/// (namespaced so it can never collide with a request's charge id).
+pub fn op_charge_id(kind: &str, op_id: &str) -> String {
+    format!("op:{kind}:{op_id}")
 }
 
 fn tenant_entry(seq: i64, t: &TenantView, counters: ledger::Counters) -> TenantEntry {
