@@ -7,3 +7,4 @@ mod demo;
 mod harness;
 mod money;
 mod ops;
+mod policy;
