@@ -106,7 +106,7 @@ pub struct TenantEntry {
 #[derive(Debug)]
 pub struct ConsumerEntry {
     /// Stable id.
-    pub id: Box<str>,
+    pub id: Arc<str>,
     /// Numeric id used in account keys.
     pub seq: i64,
     /// Owning tenant.
@@ -121,7 +121,7 @@ pub struct ConsumerEntry {
 #[derive(Debug)]
 pub struct KeyEntry {
     /// The id part of the key.
-    pub id: Box<str>,
+    pub id: Arc<str>,
     /// Numeric id used in account keys.
     pub seq: i64,
     /// SHA-256 of the whole key string.
@@ -227,9 +227,9 @@ pub struct Directory {
     /// Tenants by id.
     pub tenants: DashMap<Box<str>, Arc<TenantEntry>>,
     /// Consumers by id.
-    pub consumers: DashMap<Box<str>, Arc<ConsumerEntry>>,
+    pub consumers: DashMap<Arc<str>, Arc<ConsumerEntry>>,
     /// Keys by id.
-    pub keys: DashMap<Box<str>, Arc<KeyEntry>>,
+    pub keys: DashMap<Arc<str>, Arc<KeyEntry>>,
 }
 
 impl Directory {

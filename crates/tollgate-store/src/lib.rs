@@ -334,7 +334,9 @@ impl Store {
             state: Mutex::new(ConsumerState::new(sub)),
             rate_tat: AtomicU64::new(0),
         });
-        self.dir.consumers.insert(id.into(), Arc::clone(&entry));
+        self.dir
+            .consumers
+            .insert(Arc::clone(&entry.id), Arc::clone(&entry));
         Ok(self.consumer_view(&entry))
     }
 
@@ -435,7 +437,9 @@ impl Store {
             revoked_at_ms: AtomicI64::new(0),
             rate_tat: AtomicU64::new(0),
         });
-        self.dir.keys.insert(id.into(), Arc::clone(&entry));
+        self.dir
+            .keys
+            .insert(Arc::clone(&entry.id), Arc::clone(&entry));
         Ok(entry)
     }
 
@@ -760,7 +764,41 @@ fn load(
             dir.tenants.insert(v.id.into(), e);
         }
     }
-    let mut by_seq_consumer = std::collections::HashMap::new();
+    // Counters of recent periods (older ones cannot be current), grouped by owner so each is
+    // attached while its consumer or key is loaded (no second index over a million rows).
+    let mut counters: std::collections::HashMap<(u8, i64), Vec<(AcctKey, i64)>> =
+        std::collections::HashMap::new();
+    {
+        let since = now_ms / 1000 - 400 * 86_400;
+        let mut st = conn.prepare("SELECT kind, owner, period, debits FROM accounts WHERE kind BETWEEN 2 AND 6 AND period >= ?1")?;
+        let mut rows = st.query([since])?;
+        while let Some(r) = rows.next()? {
+            let Some(kind) = AcctKind::from_u8(r.get::<_, i64>(0)? as u8) else {
+                continue;
+            };
+            let key = AcctKey {
+                kind,
+                owner: r.get(1)?,
+                period: r.get(2)?,
+            };
+            let debits: i64 = r.get(3)?;
+            match kind {
+                AcctKind::CapTenant => {
+                    if let Some(t) = by_seq_tenant.get(&key.owner) {
+                        t.state.lock().counters.set_posted(key, debits);
+                    }
+                }
+                AcctKind::CapKey => counters
+                    .entry((2, key.owner))
+                    .or_default()
+                    .push((key, debits)),
+                _ => counters
+                    .entry((1, key.owner))
+                    .or_default()
+                    .push((key, debits)),
+            }
+        }
+    }
     {
         let mut st = conn.prepare(
             "SELECT c.seq, c.id, c.tenant_id, c.plan_id, c.status, c.anchor_ms, c.trial_end_ms, c.grace_until_ms,
@@ -786,19 +824,23 @@ fn load(
             let mut state = ConsumerState::new(sub);
             state.balance_credits = r.get(8)?;
             state.balance_debits = r.get(9)?;
+            let seq: i64 = r.get(0)?;
+            if let Some(list) = counters.remove(&(1, seq)) {
+                for (k, d) in list {
+                    state.counters.set_posted(k, d);
+                }
+            }
             let id: String = r.get(1)?;
             let e = Arc::new(ConsumerEntry {
-                id: id.clone().into(),
-                seq: r.get(0)?,
+                id: id.into(),
+                seq,
                 tenant,
                 state: Mutex::new(state),
                 rate_tat: AtomicU64::new(0),
             });
-            by_seq_consumer.insert(e.seq, Arc::clone(&e));
-            dir.consumers.insert(id.into(), e);
+            dir.consumers.insert(Arc::clone(&e.id), e);
         }
     }
-    let mut key_owner = std::collections::HashMap::new();
     {
         let mut st = conn.prepare(
             "SELECT seq, id, consumer_id, hash, test, expires_ms, revoked_ms FROM api_keys",
@@ -817,9 +859,14 @@ fn load(
             h.copy_from_slice(&hash);
             let id: String = r.get(1)?;
             let seq: i64 = r.get(0)?;
-            key_owner.insert(seq, Arc::clone(&c));
+            if let Some(list) = counters.remove(&(2, seq)) {
+                let mut st = c.state.lock();
+                for (k, d) in list {
+                    st.counters.set_posted(k, d);
+                }
+            }
             let e = Arc::new(KeyEntry {
-                id: id.clone().into(),
+                id: id.into(),
                 seq,
                 hash: h,
                 consumer: c,
@@ -828,41 +875,7 @@ fn load(
                 revoked_at_ms: AtomicI64::new(r.get::<_, Option<i64>>(6)?.unwrap_or(0)),
                 rate_tat: AtomicU64::new(0),
             });
-            dir.keys.insert(id.into(), e);
-        }
-    }
-    {
-        // Counters of recent periods (older ones cannot be current).
-        let since = now_ms / 1000 - 400 * 86_400;
-        let mut st = conn.prepare("SELECT kind, owner, period, debits FROM accounts WHERE kind BETWEEN 2 AND 6 AND period >= ?1")?;
-        let mut rows = st.query([since])?;
-        while let Some(r) = rows.next()? {
-            let Some(kind) = AcctKind::from_u8(r.get::<_, i64>(0)? as u8) else {
-                continue;
-            };
-            let key = AcctKey {
-                kind,
-                owner: r.get(1)?,
-                period: r.get(2)?,
-            };
-            let debits: i64 = r.get(3)?;
-            match kind {
-                AcctKind::CapTenant => {
-                    if let Some(t) = by_seq_tenant.get(&key.owner) {
-                        t.state.lock().counters.set_posted(key, debits);
-                    }
-                }
-                AcctKind::CapKey => {
-                    if let Some(c) = key_owner.get(&key.owner) {
-                        c.state.lock().counters.set_posted(key, debits);
-                    }
-                }
-                _ => {
-                    if let Some(c) = by_seq_consumer.get(&key.owner) {
-                        c.state.lock().counters.set_posted(key, debits);
-                    }
-                }
-            }
+            dir.keys.insert(Arc::clone(&e.id), e);
         }
     }
     {
