@@ -751,10 +751,10 @@ mod tests {
         let c = consumer(137 * 10);
         let ok = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|s| {
-            for t in 0..8 {
+            for _ in 0..8 {
                 let (l, c, ok) = (&l, &c, &ok);
                 s.spawn(move || {
-                    for i in 0..100 {
+                    for _ in 0..100 {
                         if let Ok(h) = l.reserve(
                             c,
                             ReserveSpec {
@@ -789,7 +789,7 @@ mod tests {
             let mut now = 0;
             let mut charged = 0;
             let mut overrun = false;
-            for (i, (op, amt, actual)) in ops.into_iter().enumerate() {
+            for (op, amt, actual) in ops {
                 match op {
                     0 => {
                         if let Ok(h) = l.reserve(&c, ReserveSpec { balance: amt, legs: vec![quota(20)], tenant_legs: vec![tenant_cap(300, amt)] }, now) {

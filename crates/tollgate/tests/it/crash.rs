@@ -111,7 +111,7 @@ quotas = { requests = 1000000 }
         .unwrap();
     assert_eq!(cr, de, "balanced");
     let c = gw.consumer_view("crash").await;
-    let expected = 1000_000_000i64 - charged * 10_000;
+    let expected = 1_000_000_000_i64 - charged * 10_000;
     assert_eq!(
         c["balance"],
         tollgate_core::Money(expected).to_string(),

@@ -1,6 +1,9 @@
 //! End-to-end tests: each spawns the real `tollgate` binary against a mock upstream that
 //! counts its calls.
 
+// Test helpers outside #[test] functions may fail loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod bad_input;
 mod crash;
 mod demo;
