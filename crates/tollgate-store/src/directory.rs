@@ -233,6 +233,15 @@ pub struct Directory {
 }
 
 impl Directory {
+    /// An empty directory sized for `consumers` and `keys` (no rehashing while loading).
+    pub fn with_capacity(consumers: usize, keys: usize) -> Self {
+        Directory {
+            tenants: DashMap::new(),
+            consumers: DashMap::with_capacity(consumers),
+            keys: DashMap::with_capacity(keys),
+        }
+    }
+
     /// Authenticate a presented key at `now_ms`.
     pub fn authenticate(&self, presented: &str, now_ms: i64) -> Result<Arc<KeyEntry>, AuthError> {
         let parsed = parse_key(presented)?;

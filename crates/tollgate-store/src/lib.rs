@@ -165,7 +165,14 @@ impl Store {
                 .map_err(|e| StoreError::Sql(format!("{}: {e}", parent.display())))?;
         }
         let conn = journal::open_connection(path, strict)?;
-        let dir = Arc::new(Directory::default());
+        let count = |sql: &str| {
+            conn.query_row(sql, [], |r| r.get::<_, i64>(0))
+                .map(|n| n.max(0) as usize)
+        };
+        let dir = Arc::new(Directory::with_capacity(
+            count("SELECT COUNT(*) FROM consumers")?,
+            count("SELECT COUNT(*) FROM api_keys")?,
+        ));
         let idem = Arc::new(IdemIndex::default());
         load(
             &conn,
@@ -806,17 +813,47 @@ fn load(
              FROM consumers c LEFT JOIN accounts a ON a.kind = 1 AND a.owner = c.seq AND a.period = 0",
         )?;
         let mut rows = st.query([])?;
+        // Borrowed column reads and interned plan ids: no per-row allocation beyond the entry.
+        let mut plans: std::collections::HashMap<String, Arc<str>> =
+            std::collections::HashMap::new();
+        let mut last_tenant: Option<Arc<TenantEntry>> = None;
         while let Some(r) = rows.next()? {
-            let tenant_id: String = r.get(2)?;
-            let Some(tenant) = dir.tenant(&tenant_id) else {
-                tracing::warn!(tenant = %tenant_id, "consumer of an unknown tenant skipped");
-                continue;
+            let tenant_id = r
+                .get_ref(2)?
+                .as_str()
+                .map_err(|e| StoreError::Sql(e.to_string()))?;
+            let tenant = match &last_tenant {
+                Some(t) if &*t.id == tenant_id => Arc::clone(t),
+                _ => match dir.tenant(tenant_id) {
+                    Some(t) => {
+                        last_tenant = Some(Arc::clone(&t));
+                        t
+                    }
+                    None => {
+                        tracing::warn!(tenant = %tenant_id, "consumer of an unknown tenant skipped");
+                        continue;
+                    }
+                },
             };
-            let status: String = r.get(4)?;
-            let plan: String = r.get(3)?;
+            let status = r
+                .get_ref(4)?
+                .as_str()
+                .map_err(|e| StoreError::Sql(e.to_string()))?;
+            let plan_id = r
+                .get_ref(3)?
+                .as_str()
+                .map_err(|e| StoreError::Sql(e.to_string()))?;
+            let plan = match plans.get(plan_id) {
+                Some(p) => Arc::clone(p),
+                None => {
+                    let p: Arc<str> = plan_id.into();
+                    plans.insert(plan_id.to_string(), Arc::clone(&p));
+                    p
+                }
+            };
             let sub = Subscription {
-                plan: plan.into(),
-                status: SubStatus::parse(&status).unwrap_or(SubStatus::Suspended),
+                plan,
+                status: SubStatus::parse(status).unwrap_or(SubStatus::Suspended),
                 anchor_ms: r.get(5)?,
                 trial_end_ms: r.get(6)?,
                 grace_until_ms: r.get(7)?,
@@ -830,7 +867,10 @@ fn load(
                     state.counters.set_posted(k, d);
                 }
             }
-            let id: String = r.get(1)?;
+            let id = r
+                .get_ref(1)?
+                .as_str()
+                .map_err(|e| StoreError::Sql(e.to_string()))?;
             let e = Arc::new(ConsumerEntry {
                 id: id.into(),
                 seq,
@@ -847,17 +887,24 @@ fn load(
         )?;
         let mut rows = st.query([])?;
         while let Some(r) = rows.next()? {
-            let cid: String = r.get(2)?;
-            let Some(c) = dir.consumer(&cid) else {
+            let cid = r
+                .get_ref(2)?
+                .as_str()
+                .map_err(|e| StoreError::Sql(e.to_string()))?;
+            let Some(c) = dir.consumer(cid) else {
                 continue;
             };
-            let hash: Vec<u8> = r.get(3)?;
-            let mut h = [0u8; 32];
-            if hash.len() != 32 {
+            let Ok(h) = <[u8; 32]>::try_from(
+                r.get_ref(3)?
+                    .as_blob()
+                    .map_err(|e| StoreError::Sql(e.to_string()))?,
+            ) else {
                 continue;
-            }
-            h.copy_from_slice(&hash);
-            let id: String = r.get(1)?;
+            };
+            let id = r
+                .get_ref(1)?
+                .as_str()
+                .map_err(|e| StoreError::Sql(e.to_string()))?;
             let seq: i64 = r.get(0)?;
             if let Some(list) = counters.remove(&(2, seq)) {
                 let mut st = c.state.lock();
