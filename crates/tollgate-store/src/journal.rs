@@ -154,7 +154,9 @@ CREATE TABLE IF NOT EXISTS entries(
   debit_kind INTEGER NOT NULL, debit_owner INTEGER NOT NULL, debit_period INTEGER NOT NULL,
   credit_kind INTEGER NOT NULL, credit_owner INTEGER NOT NULL, credit_period INTEGER NOT NULL,
   amount INTEGER NOT NULL CHECK(amount > 0), created_ms INTEGER NOT NULL,
+  seq INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY(charge_id, leg)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS entries_seq ON entries(seq);
 CREATE TABLE IF NOT EXISTS usage(
   charge_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, tenant_seq INTEGER NOT NULL,
   consumer_seq INTEGER NOT NULL, key_id TEXT, route TEXT NOT NULL, status INTEGER NOT NULL,
@@ -278,7 +280,90 @@ fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<()>) {
     }
 }
 
+/// Account totals are derived state: entries written by requests carry a sequence number and
+/// their totals are folded into `accounts` at most once a second (one write per account
+/// instead of one per batch, which would touch a random page per consumer). `meta` records
+/// the last sequence folded in; on open, [`recover_accounts`] folds in the rest.
+struct WriterState {
+    next_seq: i64,
+    deltas: HashMap<AcctKey, (i64, i64)>,
+    last_flush: std::time::Instant,
+}
+
+const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const FLUSH_MAX_ACCOUNTS: usize = 50_000;
+
+/// Fold entries not yet reflected in `accounts` into it (after a crash or stop).
+pub fn recover_accounts(conn: &mut Connection) -> Result<usize, StoreError> {
+    let tx = conn.transaction()?;
+    let through: i64 = tx
+        .query_row(
+            "SELECT CAST(v AS INTEGER) FROM meta WHERE k = 'accounts_through'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0);
+    let mut deltas: HashMap<AcctKey, (i64, i64)> = HashMap::new();
+    let mut max_seq = through;
+    let mut n = 0;
+    {
+        let mut st = tx.prepare(
+            "SELECT debit_kind, debit_owner, debit_period, credit_kind, credit_owner, credit_period, amount, seq
+             FROM entries WHERE seq > ?1",
+        )?;
+        let mut rows = st.query([through])?;
+        while let Some(r) = rows.next()? {
+            let acct = |k: i64, o: i64, p: i64| {
+                crate::ledger::AcctKind::from_u8(k as u8).map(|kind| AcctKey {
+                    kind,
+                    owner: o,
+                    period: p,
+                })
+            };
+            let amount: i64 = r.get(6)?;
+            if let Some(d) = acct(r.get(0)?, r.get(1)?, r.get(2)?) {
+                deltas.entry(d).or_default().1 += amount;
+            }
+            if let Some(c) = acct(r.get(3)?, r.get(4)?, r.get(5)?) {
+                deltas.entry(c).or_default().0 += amount;
+            }
+            max_seq = max_seq.max(r.get(7)?);
+            n += 1;
+        }
+    }
+    upsert_accounts(&tx, deltas.iter())?;
+    tx.execute("INSERT INTO meta(k, v) VALUES('accounts_through', ?1) ON CONFLICT(k) DO UPDATE SET v = excluded.v", [max_seq.to_string()])?;
+    tx.commit()?;
+    Ok(n)
+}
+
+fn upsert_accounts<'a>(
+    tx: &Transaction<'_>,
+    deltas: impl Iterator<Item = (&'a AcctKey, &'a (i64, i64))>,
+) -> Result<(), StoreError> {
+    let mut up = tx.prepare_cached(
+        "INSERT INTO accounts(kind, owner, period, credits, debits) VALUES(?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(kind, owner, period) DO UPDATE SET credits = credits + excluded.credits,
+         debits = debits + excluded.debits",
+    )?;
+    for (k, (c, d)) in deltas {
+        up.execute(params![k.kind as u8, k.owner, k.period, c, d])?;
+    }
+    Ok(())
+}
+
 fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
+    let next_seq = conn
+        .query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM entries", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap_or(1);
+    let mut ws = WriterState {
+        next_seq,
+        deltas: HashMap::new(),
+        last_flush: std::time::Instant::now(),
+    };
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv() {
@@ -290,7 +375,7 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
             }
         }
         results.clear();
-        let outcome = commit_batch(&mut conn, &mut batch, &mut results);
+        let outcome = commit_batch(&mut conn, &mut batch, &mut results, &mut ws);
         for (i, job) in batch.drain(..).enumerate() {
             let r = match &outcome {
                 Ok(()) => results.get(i).cloned().unwrap_or(Ok(())),
@@ -311,9 +396,11 @@ fn commit_batch(
     conn: &mut Connection,
     batch: &mut [Job],
     results: &mut Vec<Result<(), StoreError>>,
+    ws: &mut WriterState,
 ) -> Result<(), StoreError> {
     let tx = conn.transaction()?;
     let mut deltas: HashMap<AcctKey, (i64, i64)> = HashMap::new();
+    let mut seq = ws.next_seq;
     for job in batch.iter_mut() {
         let op = std::mem::replace(
             &mut job.op,
@@ -328,12 +415,26 @@ fn commit_batch(
                 usage,
                 entries,
                 idem,
-            } => apply_charge(&tx, &usage, &entries, idem.as_deref(), &mut deltas),
+            } => apply_charge(
+                &tx,
+                &usage,
+                &entries,
+                idem.as_deref(),
+                &mut deltas,
+                &mut seq,
+            ),
             Op::Entries {
                 charge_id,
                 occurred_ms,
                 entries,
-            } => insert_entries(&tx, &entries, &charge_id, occurred_ms, &mut deltas),
+            } => insert_entries(
+                &tx,
+                &entries,
+                &charge_id,
+                occurred_ms,
+                &mut deltas,
+                &mut seq,
+            ),
             Op::Admin(f) => {
                 // A failing admin change must not undo the requests committed with it.
                 tx.execute_batch("SAVEPOINT admin_op")?;
@@ -350,17 +451,27 @@ fn commit_batch(
         };
         results.push(r);
     }
-    {
-        let mut up = tx.prepare_cached(
-            "INSERT INTO accounts(kind, owner, period, credits, debits) VALUES(?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(kind, owner, period) DO UPDATE SET credits = credits + excluded.credits,
-             debits = debits + excluded.debits",
+    let flush = ws.last_flush.elapsed() >= FLUSH_EVERY
+        || ws.deltas.len() + deltas.len() > FLUSH_MAX_ACCOUNTS;
+    if flush {
+        upsert_accounts(&tx, ws.deltas.iter().chain(deltas.iter()))?;
+        tx.execute(
+            "INSERT INTO meta(k, v) VALUES('accounts_through', ?1) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+            [(seq - 1).to_string()],
         )?;
-        for (k, (c, d)) in &deltas {
-            up.execute(params![k.kind as u8, k.owner, k.period, c, d])?;
-        }
     }
     tx.commit()?;
+    ws.next_seq = seq;
+    if flush {
+        ws.deltas.clear();
+        ws.last_flush = std::time::Instant::now();
+    } else {
+        for (k, (c, d)) in deltas {
+            let e = ws.deltas.entry(k).or_default();
+            e.0 += c;
+            e.1 += d;
+        }
+    }
     Ok(())
 }
 
@@ -370,6 +481,7 @@ fn apply_charge(
     entries: &[Entry],
     idem: Option<&IdemRecord>,
     deltas: &mut HashMap<AcctKey, (i64, i64)>,
+    seq: &mut i64,
 ) -> Result<(), StoreError> {
     let mut st = tx.prepare_cached(
         "INSERT INTO usage(charge_id, request_id, tenant_seq, consumer_seq, key_id, route, status,
@@ -390,7 +502,7 @@ fn apply_charge(
         u.charged,
         u.occurred_ms
     ])?;
-    insert_entries(tx, entries, &u.charge_id, u.occurred_ms, deltas)?;
+    insert_entries(tx, entries, &u.charge_id, u.occurred_ms, deltas, seq)?;
     if let Some(i) = idem {
         let headers =
             serde_json::to_string(&i.headers).map_err(|e| StoreError::Sql(e.to_string()))?;
@@ -417,14 +529,15 @@ fn insert_entries(
     charge_id: &str,
     now_ms: i64,
     deltas: &mut HashMap<AcctKey, (i64, i64)>,
+    seq: &mut i64,
 ) -> Result<(), StoreError> {
     if entries.is_empty() {
         return Ok(());
     }
     let mut st = tx.prepare_cached(
         "INSERT INTO entries(charge_id, leg, kind, debit_kind, debit_owner, debit_period, credit_kind,
-         credit_owner, credit_period, amount, created_ms)
-         VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11) ON CONFLICT(charge_id, leg) DO NOTHING",
+         credit_owner, credit_period, amount, created_ms, seq)
+         VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12) ON CONFLICT(charge_id, leg) DO NOTHING",
     )?;
     for e in entries {
         let n = st.execute(params![
@@ -438,10 +551,12 @@ fn insert_entries(
             e.credit.owner,
             e.credit.period,
             e.amount,
-            now_ms
+            now_ms,
+            *seq
         ])?;
         // Only a first insert moves balances: replays are no-ops forever.
         if n == 1 {
+            *seq += 1;
             deltas.entry(e.debit).or_default().1 += e.amount;
             deltas.entry(e.credit).or_default().0 += e.amount;
         }

@@ -164,7 +164,14 @@ impl Store {
             std::fs::create_dir_all(parent)
                 .map_err(|e| StoreError::Sql(format!("{}: {e}", parent.display())))?;
         }
-        let conn = journal::open_connection(path, strict)?;
+        let mut conn = journal::open_connection(path, strict)?;
+        let folded = journal::recover_accounts(&mut conn)?;
+        if folded > 0 {
+            tracing::info!(
+                entries = folded,
+                "folded journal entries into account totals"
+            );
+        }
         let count = |sql: &str| {
             conn.query_row(sql, [], |r| r.get::<_, i64>(0))
                 .map(|n| n.max(0) as usize)
