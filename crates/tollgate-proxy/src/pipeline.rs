@@ -129,13 +129,26 @@ impl Gateway {
     ) -> Response<Body> {
         let rid = self.request_id();
         let snap = self.snapshot.load_full();
+        // A refusal may leave a request body unread; an HTTP/1 connection is then closed after
+        // the response, and saying so keeps clients from reusing it for their next request.
+        let unread_body = req.version() < http::Version::HTTP_2
+            && (req.headers().contains_key(header::TRANSFER_ENCODING)
+                || req
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .is_some_and(|v| v.as_bytes() != b"0"));
         let mut resp = match self.process(req, remote, &rid, &snap).await {
             Ok(r) => r,
             Err(rej) => {
                 if rej.code == ErrorCode::Internal {
                     tracing::error!(request_id = %rid, "internal error");
                 }
-                rej.into_response(&rid, &snap.config.server.docs_url)
+                let mut r = rej.into_response(&rid, &snap.config.server.docs_url);
+                if unread_body {
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                r
             }
         };
         if let Ok(v) = HeaderValue::from_str(&rid) {

@@ -66,7 +66,8 @@ async fn bad_credentials_get_401_with_the_reason() {
         assert_eq!(json(r).await["details"]["reason"], reason, "{k}");
     }
     // Right id, wrong secret.
-    let forged = format!("{}x", &key[..key.len() - 1]);
+    let last = if key.ends_with('x') { 'y' } else { 'x' };
+    let forged = format!("{}{last}", &key[..key.len() - 1]);
     let r = gw
         .http
         .get(gw.url("/paid"))
@@ -230,14 +231,12 @@ async fn oversized_and_malformed_requests_get_4xx() {
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..20).map(|_| Ok(vec![b'y'; 8192])).collect();
     let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
-    let r = gw
-        .http
-        .post(gw.url("/open/stream"))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 413);
+    // The server answers 413 as soon as the limit is passed and closes the connection, so a
+    // client still writing may see the close instead of the response; never anything else.
+    match gw.http.post(gw.url("/open/stream")).body(body).send().await {
+        Ok(r) => assert_eq!(r.status(), 413),
+        Err(e) => assert!(e.is_request(), "{e}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
