@@ -1,5 +1,8 @@
 //! Body helpers: size-limited request bodies, keeping a response for idempotent replay.
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use bytes::{Bytes, BytesMut};
 use http_body::Frame;
 use http_body_util::{BodyExt, Limited, StreamBody};
@@ -61,5 +64,71 @@ pub async fn keep_prefix(mut body: Body, max: usize) -> (Option<Bytes>, Body) {
                 return (None, StreamBody::new(s).boxed());
             }
         }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that counts the bytes it passes on and reports the total once, when it
+    /// ends or is dropped (a client that leaves mid-stream still used what it received).
+    pub struct Metered<F: FnOnce(u64)> {
+        #[pin]
+        inner: Body,
+        seen: u64,
+        report: Option<F>,
+    }
+
+    impl<F: FnOnce(u64)> PinnedDrop for Metered<F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(f) = this.report.take() {
+                f(*this.seen);
+            }
+        }
+    }
+}
+
+impl<F: FnOnce(u64)> Metered<F> {
+    /// Count `inner`, calling `report` with the total.
+    pub fn new(inner: Body, report: F) -> Self {
+        Metered {
+            inner,
+            seen: 0,
+            report: Some(report),
+        }
+    }
+}
+
+impl<F: FnOnce(u64)> http_body::Body for Metered<F> {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let r = this.inner.poll_frame(cx);
+        match &r {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    *this.seen += d.len() as u64;
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(f) = this.report.take() {
+                    f(*this.seen);
+                }
+            }
+            _ => {}
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }

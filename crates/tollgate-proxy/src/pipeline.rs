@@ -605,7 +605,14 @@ impl Gateway {
         let hold = adm.hold.take();
         let mut headers_out: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(6);
         let mut cost = Money::ZERO;
+        let mut meter_bytes = None;
         if let (Some(gate), Some(hold)) = (gate, hold) {
+            if kept.is_none() && resp_len.is_none() {
+                meter_bytes = gate
+                    .bytes_leg
+                    .and_then(|i| gate.spec.legs.get(i))
+                    .map(|l| l.acct);
+            }
             let resp_bytes = kept
                 .as_ref()
                 .and_then(|k| k.as_ref().map(|b| b.len() as u64))
@@ -713,6 +720,26 @@ impl Gateway {
                     created_ms: rec.created_ms,
                 });
             }
+        }
+        if let Some(acct) = meter_bytes {
+            // The response's length was not known when it was charged: count it as it streams.
+            let journal = self.store.journal.clone();
+            let consumer = Arc::clone(&consumer);
+            let charge_id = adm.charge_id.clone();
+            body = crate::body::Metered::new(body, move |n| {
+                if let Some(e) = tollgate_store::ledger::post_units(&consumer, acct, n as i64, 200)
+                {
+                    let op = Op::Entries {
+                        charge_id,
+                        occurred_ms: now_ms,
+                        entries: vec![e],
+                    };
+                    if let Err(e) = journal.write_nowait(op) {
+                        tracing::error!(error = %e, "streamed byte count could not be queued");
+                    }
+                }
+            })
+            .boxed();
         }
         let mut r = Response::from_parts(head, body);
         for (k, v) in headers_out {

@@ -228,6 +228,17 @@ impl Journal {
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
+    /// Wait until everything queued before this call is durable (used at shutdown, so
+    /// background records such as uncharged usage and streamed byte counts are not lost).
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.write(Op::Entries {
+            charge_id: String::new(),
+            occurred_ms: 0,
+            entries: Vec::new(),
+        })
+        .await
+    }
+
     /// Queue `op` without waiting (relaxed durability, background records).
     pub fn write_nowait(&self, op: Op) -> Result<(), StoreError> {
         self.tx

@@ -550,6 +550,19 @@ fn leg_entry(leg: usize, acct: AcctKey, amount: i64) -> Entry {
     }
 }
 
+/// Post units that were only known after the response was released (the bytes of a streamed
+/// response without `Content-Length`) to a consumer counter, and return the entry for the
+/// journal. Usage that happened is never dropped, even past a limit.
+pub fn post_units(consumer: &ConsumerEntry, acct: AcctKey, amount: i64, leg: u16) -> Option<Entry> {
+    if amount <= 0 {
+        return None;
+    }
+    consumer.state.lock().counters.get_mut(acct).posted += amount;
+    let mut e = leg_entry(0, acct, amount);
+    e.leg = leg;
+    Some(e)
+}
+
 /// Undo a posting in memory (its journal write failed, so the client is told it failed).
 pub fn revert_posting(consumer: &ConsumerEntry, posting: &Posting) {
     let mut st = consumer.state.lock();

@@ -152,6 +152,9 @@ pub async fn serve(path: PathBuf) -> ExitCode {
     tracing::info!("shutting down: draining in-flight requests");
     let _ = tx.send(true);
     let _ = running.done.await;
+    if let Err(e) = running.store.journal.flush().await {
+        tracing::error!(error = %e, "journal could not be flushed at shutdown");
+    }
     ExitCode::SUCCESS
 }
 

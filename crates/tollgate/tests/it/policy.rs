@@ -60,6 +60,13 @@ routes = ["*"]
 quotas = {{ requests = 2 }}
 overage = "allow_and_bill"
 
+[[plans]]
+id = "bytes"
+name = "Bytes"
+routes = ["*"]
+quotas = {{ bytes = 100 }}
+prices = {{ paid = "0.00" }}
+
 [[tenants]]
 id = "ops"
 name = "Ops"
@@ -249,4 +256,41 @@ async fn http2_clients_are_served() {
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-tollgate-cost"], "1.00");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_response_bytes_count_against_a_byte_quota() {
+    let mock = MockUpstream::start_local().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), mock.addr());
+    let gw = Gw::start(dir, &cfg);
+    let key = gw.consumer("bytes", "bytes").await;
+    // A chunked response (no Content-Length) of 20 lines, well over the 100-byte quota.
+    let r = gw
+        .http
+        .get(gw.url("/paid/stream/20"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("content-length").is_none());
+    let n = r.bytes().await.unwrap().len() as i64;
+    assert!(n > 100, "{n}");
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let r = gw
+        .http
+        .get(gw.url("/paid/x"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 402);
+    let v = json(r).await;
+    assert_eq!(v["code"], "QUOTA_EXCEEDED");
+    assert_eq!(v["details"]["limit_type"], "monthly_bytes");
+    assert_eq!(
+        v["details"]["current_usage"], n,
+        "the streamed bytes were counted: {v}"
+    );
 }
