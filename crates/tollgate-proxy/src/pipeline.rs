@@ -96,6 +96,8 @@ struct Admitted {
     upstream: Arc<Upstream>,
     req_bytes: u64,
     quota_limit: Option<u64>,
+    /// Plan id of the subscription as read at admission (for the upstream's identity headers).
+    plan: Arc<str>,
 }
 
 impl Gateway {
@@ -354,6 +356,7 @@ impl Gateway {
             upstream,
             req_bytes,
             quota_limit,
+            plan: Arc::clone(&sub.plan),
         };
         let fbody = match (buffered, body) {
             (Some(b), _) => ForwardBody::Full(b),
@@ -550,7 +553,7 @@ impl Gateway {
         snap: &Arc<Snapshot>,
     ) -> Result<Response<Body>, Reject> {
         let consumer = Arc::clone(&adm.key.consumer);
-        let plan_id = consumer.state.lock().sub.plan.clone();
+        let plan_id = Arc::clone(&adm.plan);
         let who = (
             consumer.tenant.id.as_ref(),
             consumer.id.as_ref(),
@@ -604,7 +607,6 @@ impl Gateway {
         let gate = adm.gate.take();
         let hold = adm.hold.take();
         let mut headers_out: Vec<(HeaderName, HeaderValue)> = Vec::with_capacity(6);
-        let mut cost = Money::ZERO;
         let mut meter_bytes = None;
         if let (Some(gate), Some(hold)) = (gate, hold) {
             if kept.is_none() && resp_len.is_none() {
@@ -630,7 +632,7 @@ impl Gateway {
                 legs.push(v);
             }
             let tenant_legs = gate.spec.tenant_legs.iter().map(|l| l.amount).collect();
-            cost = gate.price;
+            let cost = gate.price;
             let posting = hold.settle(&Actual {
                 cost: cost.micros(),
                 legs,
@@ -745,7 +747,6 @@ impl Gateway {
         for (k, v) in headers_out {
             r.headers_mut().insert(k, v);
         }
-        let _ = cost;
         Ok(r)
     }
 
@@ -895,25 +896,14 @@ fn unauth(e: tollgate_store::AuthError) -> Reject {
     Reject::new(ErrorCode::Unauthenticated).detail("reason", e.reason())
 }
 
+/// The request's host without port: from an absolute URI (HTTP/2, proxies) or `Host`.
 fn host_of<B>(req: &Request<B>) -> Option<String> {
     if let Some(h) = req.uri().host() {
         return Some(h.to_ascii_lowercase());
     }
-    let h = req.headers().get(header::HOST)?.to_str().ok()?;
-    let h = match h.rsplit_once(':') {
-        Some((name, port))
-            if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(']')
-                || h.starts_with('[') && h.ends_with(']') =>
-        {
-            if h.starts_with('[') && h.ends_with(']') {
-                h
-            } else {
-                name
-            }
-        }
-        _ => h,
-    };
-    Some(h.to_ascii_lowercase())
+    let value = req.headers().get(header::HOST)?.to_str().ok()?;
+    let authority: http::uri::Authority = value.parse().ok()?;
+    Some(authority.host().to_ascii_lowercase())
 }
 
 fn builtin(path: &str) -> Option<Response<Body>> {

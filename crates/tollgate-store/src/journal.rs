@@ -365,7 +365,8 @@ pub fn recover_accounts(conn: &mut Connection) -> Result<usize, StoreError> {
     Ok(n)
 }
 
-fn upsert_accounts<'a>(
+/// Add `(credits, debits)` to each account, creating it when new.
+pub(crate) fn upsert_accounts<'a>(
     tx: &Transaction<'_>,
     deltas: impl Iterator<Item = (&'a AcctKey, &'a (i64, i64))>,
 ) -> Result<(), StoreError> {

@@ -272,27 +272,18 @@ impl Store {
                 Ok(tx.query_row("SELECT seq FROM tenants WHERE id=?1", [&tv.id], |r| r.get::<_, i64>(0))?)
             })
             .await?;
-        // Tenant entries are immutable for the hot path; updating one swaps it in every
-        // consumer only on restart, so keep counters by replacing only the URLs/contact.
-        match self.dir.tenant(&t.id) {
-            Some(_) => {
-                // Contact and URLs changed: rebuild the entry but keep its counters.
-                let old = self.dir.tenant(&t.id);
-                let counters = old
-                    .map(|o| o.state.lock().counters.clone())
-                    .unwrap_or_default();
-                let entry = Arc::new(tenant_entry(seq, &t, counters));
-                self.dir
-                    .tenants
-                    .insert(t.id.clone().into(), Arc::clone(&entry));
-                // Consumers keep pointing at the old entry until restart for counters; the
-                // new URLs are looked up by id on the 402 path.
-            }
-            None => {
-                let entry = Arc::new(tenant_entry(seq, &t, Default::default()));
-                self.dir.tenants.insert(t.id.clone().into(), entry);
-            }
-        }
+        // Contact and URLs changed: a new entry that keeps the tenant's counters. Consumers
+        // keep pointing at the old entry (its counters) until restart; the 402 path looks the
+        // URLs up by tenant id, so it sees the new ones at once.
+        let counters = self
+            .dir
+            .tenant(&t.id)
+            .map(|o| o.state.lock().counters.clone())
+            .unwrap_or_default();
+        self.dir.tenants.insert(
+            t.id.clone().into(),
+            Arc::new(tenant_entry(seq, &t, counters)),
+        );
         Ok(t)
     }
 
@@ -635,14 +626,7 @@ impl Store {
                             credit.owner, credit.period, abs, now],
                 )?;
                 if n == 1 {
-                    for (k, c, d) in [(debit, 0, abs), (credit, abs, 0)] {
-                        tx.execute(
-                            "INSERT INTO accounts(kind, owner, period, credits, debits) VALUES(?1,?2,?3,?4,?5)
-                             ON CONFLICT(kind, owner, period) DO UPDATE SET credits=credits+excluded.credits,
-                             debits=debits+excluded.debits",
-                            params![k.kind as u8, k.owner, k.period, c, d],
-                        )?;
-                    }
+                    journal::upsert_accounts(tx, [(&debit, &(0, abs)), (&credit, &(abs, 0))].into_iter())?;
                 }
                 Ok(n == 1)
             })
