@@ -758,7 +758,8 @@ async fn change_balance(
     if !applied {
         let earlier = st
             .store
-            .list_entries(consumer, MAX_PAGE)?
+            .list_entries(consumer, MAX_PAGE)
+            .await?
             .into_iter()
             .find(|e| e.charge_id == tollgate_store::op_charge_id(kind, &op_id));
         if let Some(e) = earlier {
@@ -869,7 +870,8 @@ pub async fn list_entries(
     let limit = page_limit("limit", q.limit)?;
     let items = st
         .store
-        .list_entries(&id, limit)?
+        .list_entries(&id, limit)
+        .await?
         .into_iter()
         .map(LedgerEntry::from)
         .collect();
@@ -941,7 +943,8 @@ pub async fn usage(
         }
         let t = st
             .store
-            .usage_totals(&id, from.timestamp_millis(), to.timestamp_millis())?;
+            .usage_totals(&id, from.timestamp_millis(), to.timestamp_millis())
+            .await?;
         return Ok(Json(Usage::new(
             &id,
             &plan_id,
@@ -965,11 +968,14 @@ pub async fn usage(
             plan_period(p, anchor, current.start - chrono::Duration::milliseconds(1))
         }
     };
-    let t = st.store.usage_totals(
-        &id,
-        window.start.timestamp_millis(),
-        window.end.timestamp_millis(),
-    )?;
+    let t = st
+        .store
+        .usage_totals(
+            &id,
+            window.start.timestamp_millis(),
+            window.end.timestamp_millis(),
+        )
+        .await?;
     let mut u = Usage::new(
         &id,
         &plan_id,

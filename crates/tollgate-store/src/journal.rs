@@ -1,6 +1,9 @@
-//! The durable record: one SQLite file, one writer thread that commits whatever has queued up
-//! in a single transaction (group commit), so an fsync is shared by every request in the
-//! batch. In strict mode a caller awaits [`Journal::write`] before releasing its response.
+//! The durable record. Settled requests go to the charge log ([`crate::chargelog`]): one
+//! writer thread appends whatever has queued up with a single `fdatasync` (group commit), so
+//! the fsync is shared by every request in the batch; in strict mode a caller awaits
+//! [`Journal::write`] before releasing its response. A projector thread applies the log to the
+//! SQLite file in large transactions (usage rows, entries, idempotency outcomes, account
+//! totals), and runs admin changes there in log order, answering them once committed.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -10,6 +13,7 @@ use std::thread;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::oneshot;
 
+use crate::chargelog;
 use crate::ledger::{AcctKey, Entry};
 
 /// Failure of the store.
@@ -163,6 +167,8 @@ CREATE TABLE IF NOT EXISTS usage(
   requests INTEGER NOT NULL, bytes INTEGER NOT NULL, cost INTEGER NOT NULL,
   charged INTEGER NOT NULL, occurred_ms INTEGER NOT NULL) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS usage_time ON usage(occurred_ms);
+CREATE TABLE IF NOT EXISTS log_rejects(
+  lsn INTEGER PRIMARY KEY, error TEXT NOT NULL, record BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS idempotency(
   consumer_seq INTEGER NOT NULL, key TEXT NOT NULL, fingerprint BLOB NOT NULL,
   status INTEGER NOT NULL, headers TEXT NOT NULL, body BLOB, created_ms INTEGER NOT NULL,
@@ -198,20 +204,34 @@ pub fn open_connection(path: &Path, strict: bool) -> Result<Connection, StoreErr
 }
 
 impl Journal {
-    /// Start the writer thread on `conn`, and a checkpointer on `checkpoint_conn` so that
+    /// Start the journal for the database at `db_path`: the charge-log writer (segments in
+    /// [`chargelog::dir_for`], starting at sequence number `next_lsn`), the projector that
+    /// applies the log to SQLite on `conn`, and a checkpointer on `checkpoint_conn` so that
     /// copying the WAL into the database file (and its fsync) never stalls a commit.
-    pub fn start(conn: Connection, checkpoint_conn: Connection) -> Result<Journal, StoreError> {
+    pub fn start(
+        db_path: &Path,
+        next_lsn: u64,
+        conn: Connection,
+        checkpoint_conn: Connection,
+        strict: bool,
+    ) -> Result<Journal, StoreError> {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        let log = chargelog::LogWriter::create(&chargelog::dir_for(db_path), next_lsn)?;
         let alive = std::sync::Arc::new(());
         let weak = std::sync::Arc::downgrade(&alive);
         thread::Builder::new()
             .name("tollgate-checkpoint".into())
             .spawn(move || checkpoint_loop(checkpoint_conn, weak))
             .map_err(|e| StoreError::Sql(format!("cannot start checkpoint thread: {e}")))?;
+        let (ptx, prx) = mpsc::channel::<Projected>();
+        thread::Builder::new()
+            .name("tollgate-projector".into())
+            .spawn(move || projector_loop(conn, prx))
+            .map_err(|e| StoreError::Sql(format!("cannot start projector thread: {e}")))?;
         let (tx, rx) = mpsc::channel::<Job>();
         thread::Builder::new()
             .name("tollgate-journal".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || log_loop(log, rx, ptx, strict))
             .map_err(|e| StoreError::Sql(format!("cannot start writer thread: {e}")))?;
         Ok(Journal { tx, _alive: alive })
     }
@@ -228,15 +248,11 @@ impl Journal {
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
-    /// Wait until everything queued before this call is durable (used at shutdown, so
-    /// background records such as uncharged usage and streamed byte counts are not lost).
+    /// Wait until everything queued before this call is durable and applied to the database
+    /// (read-after-write for queries, and at shutdown, so background records such as uncharged
+    /// usage and streamed byte counts are not lost).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.write(Op::Entries {
-            charge_id: String::new(),
-            occurred_ms: 0,
-            entries: Vec::new(),
-        })
-        .await
+        self.write(Op::Admin(Box::new(|_| Ok(())))).await
     }
 
     /// Queue `op` without waiting (relaxed durability, background records).
@@ -246,7 +262,8 @@ impl Journal {
             .map_err(|_| StoreError::WriterGone)
     }
 
-    /// Run `f` inside the writer's transaction, durably, and return its output.
+    /// Run `f` inside a database transaction, durably, after everything queued before it
+    /// has been applied, and return its output.
     pub async fn admin<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
@@ -381,7 +398,133 @@ pub(crate) fn upsert_accounts<'a>(
     Ok(())
 }
 
-fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
+/// What the log writer hands to the projector, in log order.
+enum Projected {
+    /// A record that is in the log (already acknowledged to its caller).
+    Logged(u64, Op),
+    /// A change that is made durable by the database commit itself; `done` is answered then.
+    Direct(Op, Option<oneshot::Sender<Result<(), StoreError>>>),
+    /// A full segment: remove it once everything up to `last_lsn` is in the database.
+    Retired(std::path::PathBuf, u64),
+}
+
+/// The log writer: takes whatever has queued, appends the charges among it to the log with
+/// one `fdatasync` for the lot, answers their callers, and passes everything on to the
+/// projector in order.
+fn log_loop(
+    mut log: chargelog::LogWriter,
+    rx: mpsc::Receiver<Job>,
+    ptx: mpsc::Sender<Projected>,
+    strict: bool,
+) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+    let mut lsns: Vec<u64> = Vec::with_capacity(MAX_BATCH);
+    // Relaxed durability syncs the log at most this often; strict syncs every batch.
+    let relaxed_sync = std::time::Duration::from_millis(100);
+    let mut last_sync = std::time::Instant::now();
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        buf.clear();
+        lsns.clear();
+        let first_lsn = log.next_lsn;
+        for job in &batch {
+            let lsn = match &job.op {
+                Op::Charge {
+                    usage,
+                    entries,
+                    idem,
+                } => {
+                    chargelog::encode_charge(
+                        &mut buf,
+                        log.next_lsn,
+                        usage,
+                        entries,
+                        idem.as_deref(),
+                    );
+                    log.next_lsn += 1;
+                    log.next_lsn - 1
+                }
+                Op::Entries {
+                    charge_id,
+                    occurred_ms,
+                    entries,
+                } => {
+                    chargelog::encode_entries(
+                        &mut buf,
+                        log.next_lsn,
+                        charge_id,
+                        *occurred_ms,
+                        entries,
+                    );
+                    log.next_lsn += 1;
+                    log.next_lsn - 1
+                }
+                Op::Admin(_) => 0,
+            };
+            lsns.push(lsn);
+        }
+        let written = if buf.is_empty() {
+            Ok(())
+        } else {
+            let sync = strict || last_sync.elapsed() >= relaxed_sync;
+            if sync {
+                last_sync = std::time::Instant::now();
+            }
+            log.append(&buf, sync).map_err(|e| {
+                tracing::error!(error = %e, "charge log write failed");
+                e
+            })
+        };
+        if written.is_err() {
+            // Nothing of this batch is durable: its numbers are handed out again.
+            log.next_lsn = first_lsn;
+        }
+        for (job, lsn) in batch.drain(..).zip(lsns.iter().copied()) {
+            let msg = if lsn == 0 {
+                Projected::Direct(job.op, job.done)
+            } else {
+                if let Some(d) = job.done {
+                    let _ = d.send(written.clone());
+                }
+                if written.is_err() {
+                    continue;
+                }
+                Projected::Logged(lsn, job.op)
+            };
+            if ptx.send(msg).is_err() {
+                tracing::error!("journal projector stopped");
+            }
+        }
+        match log.rotate_if_full() {
+            Ok(Some((path, last))) => {
+                let _ = ptx.send(Projected::Retired(path, last));
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "charge log segment could not be rotated"),
+        }
+    }
+    if let Err(e) = log.append(&[], true) {
+        tracing::error!(error = %e, "charge log could not be synced at stop");
+    }
+    tracing::debug!("charge log writer stopped");
+}
+
+/// Records applied per database transaction at most.
+const PROJECT_MAX: usize = 32_768;
+/// How long logged records may wait before they are applied.
+const PROJECT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The projector: applies the log to SQLite in large transactions (one every
+/// [`PROJECT_EVERY`], or at once when a caller waits on a direct change), records in
+/// `meta.log_lsn` how far it got, and removes segments that are fully applied.
+fn projector_loop(mut conn: Connection, rx: mpsc::Receiver<Projected>) {
     let next_seq = conn
         .query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM entries", [], |r| {
             r.get::<_, i64>(0)
@@ -392,129 +535,295 @@ fn writer_loop(mut conn: Connection, rx: mpsc::Receiver<Job>) {
         deltas: HashMap::new(),
         last_flush: std::time::Instant::now(),
     };
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(MAX_BATCH);
-    while let Ok(first) = rx.recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
+    let mut pending: Vec<Projected> = Vec::new();
+    let mut retired: Vec<(std::path::PathBuf, u64)> = Vec::new();
+    let mut applied_lsn: u64 = 0;
+    let mut open = true;
+    while open {
+        if pending.is_empty() {
+            match rx.recv() {
+                Ok(m) => pending.push(m),
                 Err(_) => break,
             }
         }
-        results.clear();
-        let outcome = commit_batch(&mut conn, &mut batch, &mut results, &mut ws);
-        for (i, job) in batch.drain(..).enumerate() {
-            let r = match &outcome {
-                Ok(()) => results.get(i).cloned().unwrap_or(Ok(())),
-                Err(e) => Err(e.clone()),
-            };
-            if let Err(e) = &r {
-                tracing::error!(error = %e, "journal write failed");
+        let deadline = std::time::Instant::now() + PROJECT_EVERY;
+        loop {
+            let waiting = pending
+                .iter()
+                .any(|m| matches!(m, Projected::Direct(_, Some(_))));
+            if waiting || pending.len() >= PROJECT_MAX {
+                // Take what is already queued, without waiting for more.
+                while pending.len() < PROJECT_MAX {
+                    match rx.try_recv() {
+                        Ok(m) => pending.push(m),
+                        Err(mpsc::TryRecvError::Empty) => break,
+                        Err(mpsc::TryRecvError::Disconnected) => {
+                            open = false;
+                            break;
+                        }
+                    }
+                }
+                break;
             }
-            if let Some(d) = job.done {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            match rx.recv_timeout(deadline - now) {
+                Ok(m) => pending.push(m),
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        let mut batch = std::mem::take(&mut pending);
+        for m in &mut batch {
+            if let Projected::Retired(p, l) = m {
+                retired.push((std::mem::take(p), *l));
+            }
+        }
+        batch.retain(|m| !matches!(m, Projected::Retired(..)));
+        match project_batch(&mut conn, &mut batch, &mut ws, !open) {
+            Ok(lsn) => {
+                applied_lsn = applied_lsn.max(lsn);
+                retired.retain(|(p, last)| {
+                    if *last <= applied_lsn {
+                        chargelog::remove_segment(p);
+                        false
+                    } else {
+                        true
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "applying the charge log to the database failed; retrying (the log keeps the records)");
+                // Logged records stay for the next attempt; direct changes were answered.
+                pending = batch
+                    .into_iter()
+                    .filter(|m| matches!(m, Projected::Logged(..)))
+                    .collect();
+                if open {
+                    thread::sleep(std::time::Duration::from_millis(500));
+                } else {
+                    break;
+                }
+            }
+        }
+    }
+    tracing::debug!("journal projector stopped");
+}
+
+/// Apply `batch` in one transaction; answer the direct changes' callers once it is committed.
+/// Returns the highest log sequence number now in the database.
+fn project_batch(
+    conn: &mut Connection,
+    batch: &mut [Projected],
+    ws: &mut WriterState,
+    last: bool,
+) -> Result<u64, StoreError> {
+    let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(batch.len());
+    let outcome = (|| {
+        let tx = conn.transaction()?;
+        let mut deltas: HashMap<AcctKey, (i64, i64)> = HashMap::new();
+        let mut seq = ws.next_seq;
+        let mut max_lsn = 0u64;
+        for m in batch.iter_mut() {
+            let r = match m {
+                Projected::Logged(lsn, op) => {
+                    max_lsn = max_lsn.max(*lsn);
+                    // A record the database refuses is kept aside rather than retried forever.
+                    tx.execute_batch("SAVEPOINT logged")?;
+                    match apply_logged(&tx, op, &mut deltas, &mut seq) {
+                        Ok(()) => tx.execute_batch("RELEASE logged")?,
+                        Err(e) => {
+                            tx.execute_batch("ROLLBACK TO logged; RELEASE logged")?;
+                            reject(&tx, *lsn, op, &e)?;
+                        }
+                    }
+                    Ok(())
+                }
+                Projected::Direct(op, _) => {
+                    let op = std::mem::replace(op, Op::Admin(Box::new(|_| Ok(()))));
+                    match op {
+                        Op::Admin(f) => {
+                            // A failing admin change must not undo the requests committed with it.
+                            tx.execute_batch("SAVEPOINT admin_op")?;
+                            match f(&tx) {
+                                Ok(()) => tx
+                                    .execute_batch("RELEASE admin_op")
+                                    .map_err(StoreError::from),
+                                Err(e) => {
+                                    tx.execute_batch("ROLLBACK TO admin_op; RELEASE admin_op")?;
+                                    Err(e)
+                                }
+                            }
+                        }
+                        other => apply_logged(&tx, &other, &mut deltas, &mut seq),
+                    }
+                }
+                Projected::Retired(..) => Ok(()),
+            };
+            results.push(r);
+        }
+        if max_lsn > 0 {
+            tx.execute(
+                "INSERT INTO meta(k, v) VALUES('log_lsn', ?1) ON CONFLICT(k) DO UPDATE SET v = excluded.v
+                 WHERE CAST(v AS INTEGER) < CAST(excluded.v AS INTEGER)",
+                [max_lsn.to_string()],
+            )?;
+        }
+        let flush = last
+            || ws.last_flush.elapsed() >= FLUSH_EVERY
+            || ws.deltas.len() + deltas.len() > FLUSH_MAX_ACCOUNTS;
+        if flush {
+            upsert_accounts(&tx, ws.deltas.iter().chain(deltas.iter()))?;
+            tx.execute(
+                "INSERT INTO meta(k, v) VALUES('accounts_through', ?1) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                [(seq - 1).to_string()],
+            )?;
+        }
+        tx.commit()?;
+        ws.next_seq = seq;
+        if flush {
+            ws.deltas.clear();
+            ws.last_flush = std::time::Instant::now();
+        } else {
+            for (k, (c, d)) in deltas {
+                let e = ws.deltas.entry(k).or_default();
+                e.0 += c;
+                e.1 += d;
+            }
+        }
+        Ok::<u64, StoreError>(max_lsn)
+    })();
+    for (i, m) in batch.iter_mut().enumerate() {
+        if let Projected::Direct(_, done) = m {
+            if let Some(d) = done.take() {
+                let r = match &outcome {
+                    Ok(_) => results.get(i).cloned().unwrap_or(Ok(())),
+                    Err(e) => Err(e.clone()),
+                };
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, "journal write failed");
+                }
                 let _ = d.send(r);
             }
         }
     }
-    if !ws.deltas.is_empty() {
-        let through = ws.next_seq - 1;
-        let r = conn.transaction().map_err(StoreError::from).and_then(|tx| {
-            upsert_accounts(&tx, ws.deltas.iter())?;
-            tx.execute(
-                "INSERT INTO meta(k, v) VALUES('accounts_through', ?1) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
-                [through.to_string()],
-            )?;
-            tx.commit().map_err(StoreError::from)
-        });
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "account totals not folded at stop; they will be on the next open");
-        }
-    }
-    tracing::debug!("journal writer stopped");
+    outcome
 }
 
-fn commit_batch(
-    conn: &mut Connection,
-    batch: &mut [Job],
-    results: &mut Vec<Result<(), StoreError>>,
-    ws: &mut WriterState,
+fn apply_logged(
+    tx: &Transaction<'_>,
+    op: &Op,
+    deltas: &mut HashMap<AcctKey, (i64, i64)>,
+    seq: &mut i64,
 ) -> Result<(), StoreError> {
-    let tx = conn.transaction()?;
-    let mut deltas: HashMap<AcctKey, (i64, i64)> = HashMap::new();
-    let mut seq = ws.next_seq;
-    for job in batch.iter_mut() {
-        let op = std::mem::replace(
-            &mut job.op,
-            Op::Entries {
-                charge_id: String::new(),
-                occurred_ms: 0,
-                entries: Vec::new(),
-            },
-        );
-        let r = match op {
-            Op::Charge {
-                usage,
-                entries,
-                idem,
-            } => apply_charge(
-                &tx,
-                &usage,
-                &entries,
-                idem.as_deref(),
-                &mut deltas,
-                &mut seq,
-            ),
-            Op::Entries {
-                charge_id,
-                occurred_ms,
-                entries,
-            } => insert_entries(
-                &tx,
-                &entries,
-                &charge_id,
-                occurred_ms,
-                &mut deltas,
-                &mut seq,
-            ),
-            Op::Admin(f) => {
-                // A failing admin change must not undo the requests committed with it.
-                tx.execute_batch("SAVEPOINT admin_op")?;
-                match f(&tx) {
-                    Ok(()) => tx
-                        .execute_batch("RELEASE admin_op")
-                        .map_err(StoreError::from),
-                    Err(e) => {
-                        tx.execute_batch("ROLLBACK TO admin_op; RELEASE admin_op")?;
-                        Err(e)
-                    }
+    match op {
+        Op::Charge {
+            usage,
+            entries,
+            idem,
+        } => apply_charge(tx, usage, entries, idem.as_deref(), deltas, seq),
+        Op::Entries {
+            charge_id,
+            occurred_ms,
+            entries,
+        } => insert_entries(tx, entries, charge_id, *occurred_ms, deltas, seq),
+        Op::Admin(_) => Ok(()),
+    }
+}
+
+/// Keep a logged record the database refused (so it is never lost silently).
+fn reject(tx: &Transaction<'_>, lsn: u64, op: &Op, e: &StoreError) -> Result<(), StoreError> {
+    let mut buf = Vec::new();
+    match op {
+        Op::Charge {
+            usage,
+            entries,
+            idem,
+        } => chargelog::encode_charge(&mut buf, lsn, usage, entries, idem.as_deref()),
+        Op::Entries {
+            charge_id,
+            occurred_ms,
+            entries,
+        } => chargelog::encode_entries(&mut buf, lsn, charge_id, *occurred_ms, entries),
+        Op::Admin(_) => {}
+    }
+    tracing::error!(lsn, error = %e, "charge log record refused by the database; kept in log_rejects");
+    tx.execute(
+        "INSERT INTO log_rejects(lsn, error, record) VALUES(?1, ?2, ?3) ON CONFLICT(lsn) DO NOTHING",
+        params![lsn as i64, e.to_string(), buf],
+    )?;
+    Ok(())
+}
+
+/// Apply the records of the charge log that the database does not have yet (after a crash,
+/// or a stop before the projector caught up), then remove the segments. Returns the next
+/// log sequence number and how many records were applied.
+pub fn replay_log(conn: &mut Connection, db_path: &Path) -> Result<(u64, usize), StoreError> {
+    let dir = chargelog::dir_for(db_path);
+    let applied: u64 = conn
+        .query_row(
+            "SELECT CAST(v AS INTEGER) FROM meta WHERE k = 'log_lsn'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .optional()?
+        .unwrap_or(0)
+        .max(0) as u64;
+    let (records, max_lsn) = chargelog::read_after(&dir, applied)?;
+    let n = records.len();
+    if n > 0 {
+        let tx = conn.transaction()?;
+        let mut seq: i64 =
+            tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM entries", [], |r| {
+                r.get(0)
+            })?;
+        // Totals are folded by `recover_accounts` from the entries' sequence numbers.
+        let mut deltas = HashMap::new();
+        for (lsn, rec) in records {
+            let op = match rec {
+                chargelog::Record::Charge {
+                    usage,
+                    entries,
+                    idem,
+                } => Op::Charge {
+                    usage,
+                    entries,
+                    idem,
+                },
+                chargelog::Record::Entries {
+                    charge_id,
+                    occurred_ms,
+                    entries,
+                } => Op::Entries {
+                    charge_id,
+                    occurred_ms,
+                    entries,
+                },
+            };
+            tx.execute_batch("SAVEPOINT logged")?;
+            match apply_logged(&tx, &op, &mut deltas, &mut seq) {
+                Ok(()) => tx.execute_batch("RELEASE logged")?,
+                Err(e) => {
+                    tx.execute_batch("ROLLBACK TO logged; RELEASE logged")?;
+                    reject(&tx, lsn, &op, &e)?;
                 }
             }
-        };
-        results.push(r);
-    }
-    let flush = ws.last_flush.elapsed() >= FLUSH_EVERY
-        || ws.deltas.len() + deltas.len() > FLUSH_MAX_ACCOUNTS;
-    if flush {
-        upsert_accounts(&tx, ws.deltas.iter().chain(deltas.iter()))?;
-        tx.execute(
-            "INSERT INTO meta(k, v) VALUES('accounts_through', ?1) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
-            [(seq - 1).to_string()],
-        )?;
-    }
-    tx.commit()?;
-    ws.next_seq = seq;
-    if flush {
-        ws.deltas.clear();
-        ws.last_flush = std::time::Instant::now();
-    } else {
-        for (k, (c, d)) in deltas {
-            let e = ws.deltas.entry(k).or_default();
-            e.0 += c;
-            e.1 += d;
         }
+        tx.execute(
+            "INSERT INTO meta(k, v) VALUES('log_lsn', ?1) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+            [max_lsn.to_string()],
+        )?;
+        tx.commit()?;
     }
-    Ok(())
+    for p in chargelog::segments(&dir)? {
+        chargelog::remove_segment(&p);
+    }
+    Ok((max_lsn + 1, n))
 }
 
 fn apply_charge(

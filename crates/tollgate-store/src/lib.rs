@@ -2,6 +2,7 @@
 //! SQLite file that makes them durable (see `ledger.md`). Callers go through [`Store`]; a
 //! multi-replica backend will implement the same operations with central leases.
 
+pub mod chargelog;
 pub mod clock;
 pub mod directory;
 pub mod idempotency;
@@ -165,6 +166,13 @@ impl Store {
                 .map_err(|e| StoreError::Sql(format!("{}: {e}", parent.display())))?;
         }
         let mut conn = journal::open_connection(path, strict)?;
+        let (next_lsn, replayed) = journal::replay_log(&mut conn, path)?;
+        if replayed > 0 {
+            tracing::info!(
+                records = replayed,
+                "applied charge log records the database did not have yet"
+            );
+        }
         let folded = journal::recover_accounts(&mut conn)?;
         if folded > 0 {
             tracing::info!(
@@ -188,7 +196,13 @@ impl Store {
             clock.now_ms(),
             cfg.idempotency_ttl_secs as i64 * 1000,
         )?;
-        let journal = Journal::start(conn, journal::open_connection(path, strict)?)?;
+        let journal = Journal::start(
+            path,
+            next_lsn,
+            conn,
+            journal::open_connection(path, strict)?,
+            strict,
+        )?;
         let reader = journal::open_connection(path, strict)?;
         Ok(Store {
             dir,
@@ -642,8 +656,14 @@ impl Store {
         Ok((st.posted_balance(), applied))
     }
 
-    /// Entries touching a consumer's prepaid balance, newest first.
-    pub fn list_entries(&self, consumer: &str, limit: usize) -> Result<Vec<EntryView>, StoreError> {
+    /// Entries touching a consumer's prepaid balance, newest first (everything settled before
+    /// the call included).
+    pub async fn list_entries(
+        &self,
+        consumer: &str,
+        limit: usize,
+    ) -> Result<Vec<EntryView>, StoreError> {
+        self.journal.flush().await?;
         let c = self
             .dir
             .consumer(consumer)
@@ -670,13 +690,15 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Usage totals of a consumer in `[from_ms, to_ms)`.
-    pub fn usage_totals(
+    /// Usage totals of a consumer in `[from_ms, to_ms)` (everything settled before the call
+    /// included).
+    pub async fn usage_totals(
         &self,
         consumer: &str,
         from_ms: i64,
         to_ms: i64,
     ) -> Result<UsageTotals, StoreError> {
+        self.journal.flush().await?;
         let c = self
             .dir
             .consumer(consumer)
@@ -697,7 +719,8 @@ impl Store {
     }
 
     /// Count of charged usage rows for a request id (tests and audits).
-    pub fn charged_count(&self, request_id: &str) -> Result<i64, StoreError> {
+    pub async fn charged_count(&self, request_id: &str) -> Result<i64, StoreError> {
+        self.journal.flush().await?;
         let conn = self.reader.lock();
         Ok(conn.query_row(
             "SELECT COUNT(*) FROM usage WHERE request_id=?1 AND charged=1",

@@ -71,7 +71,7 @@ quotas = { requests = 1000000 }
     assert!(seen.len() > 50, "load ran: {} successes", seen.len());
 
     gw.restart();
-    let db = gw.db();
+    let db = gw.db("crash").await;
     let mut missing = 0;
     for rid in &seen {
         let n: i64 = db

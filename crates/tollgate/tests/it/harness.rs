@@ -158,7 +158,17 @@ impl Gw {
         v
     }
 
-    pub fn db(&self) -> rusqlite::Connection {
+    /// The database, once everything settled so far has been applied to it (reading a
+    /// consumer's usage waits for that).
+    pub async fn db(&self, consumer: &str) -> rusqlite::Connection {
+        let (s, v) = self
+            .admin(
+                reqwest::Method::GET,
+                &format!("/v1/consumers/{consumer}/usage"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
         rusqlite::Connection::open(self.dir.path().join("tollgate.db")).unwrap()
     }
 }

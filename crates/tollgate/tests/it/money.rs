@@ -107,7 +107,7 @@ async fn exactly_137_of_500_concurrent_requests_pass_on_a_balance_for_137() {
     assert_eq!(c["balance"], "0.00", "{c}");
     assert_eq!(c["pending"], "0.00", "{c}");
     // The durable record agrees with memory.
-    let db = gw.db();
+    let db = gw.db("c137").await;
     let charged: i64 = db
         .query_row("SELECT COUNT(*) FROM usage WHERE charged = 1", [], |r| {
             r.get(0)
@@ -176,8 +176,7 @@ async fn upstream_failures_are_not_charged() {
     assert_eq!(r.headers()["x-tollgate-cost"], "1.00");
     assert_eq!(r.headers()["x-tollgate-balance"], "9.00");
     // The failures are recorded as uncharged usage.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    let db = gw.db();
+    let db = gw.db("cfail").await;
     let (n, charged): (i64, i64) = db
         .query_row("SELECT COUNT(*), SUM(charged) FROM usage", [], |r| {
             Ok((r.get(0)?, r.get(1)?))

@@ -1,0 +1,135 @@
+//! The charge log is the record a strict-mode success waits for; the database is built from it.
+//! These tests leave records in the log that the database never saw (as a crash between the
+//! log's fsync and the projector's commit does) and check that opening the store applies each
+//! of them exactly once, folds them into balances, and ignores a torn last record.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+
+use tollgate_core::config::StoreConfig;
+use tollgate_store::chargelog::{self, LogWriter};
+use tollgate_store::{AcctKey, AcctKind, Entry, Store, SubStatus, SystemClock, UsageRecord};
+
+fn cfg(dir: &std::path::Path) -> StoreConfig {
+    StoreConfig {
+        path: dir.join("t.db").display().to_string(),
+        ..StoreConfig::default()
+    }
+}
+
+fn charge(i: u64, consumer_seq: i64) -> (UsageRecord, Vec<Entry>) {
+    let u = UsageRecord {
+        charge_id: format!("req-{i}"),
+        request_id: format!("req-{i}"),
+        tenant_seq: 1,
+        consumer_seq,
+        key_id: None,
+        route: "api".into(),
+        status: 200,
+        requests: 1,
+        bytes: 10,
+        cost: 10_000,
+        charged: true,
+        occurred_ms: 1_700_000_000_000,
+    };
+    let e = Entry {
+        leg: 0,
+        kind: "charge",
+        debit: AcctKey {
+            kind: AcctKind::Balance,
+            owner: consumer_seq,
+            period: 0,
+        },
+        credit: AcctKey {
+            kind: AcctKind::Revenue,
+            owner: 1,
+            period: 0,
+        },
+        amount: 10_000,
+    };
+    (u, vec![e])
+}
+
+fn count(path: &std::path::Path, sql: &str) -> i64 {
+    let c = rusqlite::Connection::open(path).unwrap();
+    c.query_row(sql, [], |r| r.get(0)).unwrap()
+}
+
+#[tokio::test]
+async fn records_the_database_missed_are_applied_once_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cfg(dir.path());
+    let db = std::path::PathBuf::from(&cfg.path);
+    // A first open creates the database and a consumer with a balance.
+    {
+        let store = Store::open(&cfg, Arc::new(SystemClock)).unwrap();
+        store
+            .upsert_tenant(
+                tollgate_store::TenantView {
+                    id: "t".into(),
+                    name: "T".into(),
+                    contact_email: None,
+                    upgrade_url: None,
+                    top_up_url: None,
+                },
+                "api",
+            )
+            .await
+            .unwrap();
+        store
+            .create_consumer("c", "t", None, "p", SubStatus::Active, None, "api")
+            .await
+            .unwrap();
+        store
+            .adjust_balance("c", 1_000_000, "seed", "topup")
+            .await
+            .unwrap();
+        store.journal.flush().await.unwrap();
+    }
+    let seq = count(&db, "SELECT seq FROM consumers WHERE id = 'c'");
+    // Records in the log that the projector never applied: 5 whole ones, then a torn one.
+    let log_dir = chargelog::dir_for(&db);
+    let mut w = LogWriter::create(&log_dir, 1_000).unwrap();
+    let mut buf = Vec::new();
+    for i in 0..5 {
+        let (u, e) = charge(i, seq);
+        chargelog::encode_charge(&mut buf, w.next_lsn, &u, &e, None);
+        w.next_lsn += 1;
+    }
+    let whole = buf.len();
+    let (u, e) = charge(99, seq);
+    chargelog::encode_charge(&mut buf, w.next_lsn, &u, &e, None);
+    buf.truncate(whole + (buf.len() - whole) / 2);
+    w.append(&buf, true).unwrap();
+    drop(w);
+
+    for round in 0..2 {
+        let store = Store::open(&cfg, Arc::new(SystemClock)).unwrap();
+        let c = store.dir.consumer("c").unwrap();
+        let view = store.consumer_view(&c);
+        assert_eq!(view.balance, "0.95", "round {round}: 1.00 − 5 × 0.01");
+        let t = store.usage_totals("c", 0, i64::MAX).await.unwrap();
+        assert_eq!((t.requests, t.charged_requests), (5, 5), "round {round}");
+        drop(store);
+        assert_eq!(count(&db, "SELECT COUNT(*) FROM usage"), 5);
+        assert_eq!(
+            count(&db, "SELECT COUNT(*) FROM entries WHERE kind = 'charge'"),
+            5
+        );
+        assert_eq!(
+            count(&db, "SELECT SUM(credits) - SUM(debits) FROM accounts"),
+            0,
+            "balanced"
+        );
+    }
+    // Applied segments are removed; the new ones hold nothing unapplied.
+    let (left, _) = chargelog::read_after(
+        &log_dir,
+        count(
+            &db,
+            "SELECT CAST(v AS INTEGER) FROM meta WHERE k = 'log_lsn'",
+        ) as u64,
+    )
+    .unwrap();
+    assert!(left.is_empty());
+}
