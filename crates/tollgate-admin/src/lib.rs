@@ -93,6 +93,7 @@ impl std::fmt::Debug for AdminState {
         (name = "subscriptions", description = "Plan and state changes, approval workflow"),
         (name = "credits", description = "Prepaid balance: top-ups, adjustments, ledger"),
         (name = "usage", description = "Usage totals and quota standing"),
+        (name = "x402", description = "Per-call stablecoin payments (x402) recorded by the gateway"),
         (name = "meta", description = "Health and this document")
     )
 )]
