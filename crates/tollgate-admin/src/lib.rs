@@ -301,12 +301,13 @@ mod tests {
             "/v1/consumers/{id}/adjustments",
             "/v1/consumers/{id}/entries",
             "/v1/consumers/{id}/usage",
+            "/v1/x402/payments",
         ] {
             assert!(
                 doc.paths.paths.contains_key(p),
                 "{p} missing from {paths:?}"
             );
         }
-        assert_eq!(doc.paths.paths.len(), 18);
+        assert_eq!(doc.paths.paths.len(), 19);
     }
 }

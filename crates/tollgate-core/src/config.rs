@@ -602,7 +602,10 @@ impl Config {
                 if parsed.is_none() {
                     push(
                         format!("{p}.network"),
-                        format!("`{}` is not an EVM CAIP-2 network like eip155:8453", n.network),
+                        format!(
+                            "`{}` is not an EVM CAIP-2 network like eip155:8453",
+                            n.network
+                        ),
                     );
                 }
                 if !x402_networks.insert(n.network.as_str()) {
@@ -1019,16 +1022,25 @@ max_timeout_seconds = 60
             .replace("pay_to = \"0x2096", "pay_to = \"0xZZ96")
             .replace("amount = \"10000\"", "amount = \"10000\"\nusd = \"0.01\"");
         let p = issues(bad);
-        assert!(p.contains(&"routes[1].x402.offers[0].pay_to".to_string()), "{p:?}");
+        assert!(
+            p.contains(&"routes[1].x402.offers[0].pay_to".to_string()),
+            "{p:?}"
+        );
         assert!(p.contains(&"routes[1].x402.usd".to_string()), "{p:?}");
-        let bad = format!("{GOOD}{X402}").replace("network = \"eip155:31337\"\nrpc", "network = \"eip155:1\"\nrpc");
-        let p = issues(bad);
-        assert!(p.contains(&"routes[1].x402.offers[0].network".to_string()), "{p:?}");
         let bad = format!("{GOOD}{X402}").replace(
-            "signer_key_env = \"TOLLGATE_X402_SIGNER_KEY\"",
+            "network = \"eip155:31337\"\nrpc",
+            "network = \"eip155:1\"\nrpc",
+        );
+        let p = issues(bad);
+        assert!(
+            p.contains(&"routes[1].x402.offers[0].network".to_string()),
+            "{p:?}"
+        );
+        let ok = format!("{GOOD}{X402}").replace(
+            "rpc_url = \"http://127.0.0.1:8545\"\nsigner_key_env = \"TOLLGATE_X402_SIGNER_KEY\"",
             "facilitator_url = \"http://127.0.0.1:9000\"",
         );
-        assert!(Config::from_toml(&bad).is_ok());
+        assert!(Config::from_toml(&ok).is_ok());
         let bad = format!("{GOOD}{X402}").replace(
             "signer_key_env = \"TOLLGATE_X402_SIGNER_KEY\"",
             "signer_key_env = \"K\"\nfacilitator_url = \"http://127.0.0.1:9000\"",

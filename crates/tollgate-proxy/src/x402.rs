@@ -372,7 +372,11 @@ fn payment_identifier(p: &PaymentPayload) -> Result<Option<String>, &'static str
     let PaymentPayload::V2(v2) = p else {
         return Ok(None);
     };
-    let Some(ext) = v2.extensions.as_ref().and_then(|e| e.get(PAYMENT_IDENTIFIER)) else {
+    let Some(ext) = v2
+        .extensions
+        .as_ref()
+        .and_then(|e| e.get(PAYMENT_IDENTIFIER))
+    else {
         return Ok(None);
     };
     let id = ext
@@ -467,12 +471,7 @@ impl Gateway {
             &resource_url(req),
             Some("PAYMENT-SIGNATURE header is required"),
         );
-        challenge_reject(
-            ErrorCode::PaymentRequired,
-            challenge,
-            px,
-            !route.cfg.public,
-        )
+        challenge_reject(ErrorCode::PaymentRequired, challenge, px, !route.cfg.public)
     }
 
     /// A request to a priced route that carries a payment.
@@ -507,8 +506,10 @@ impl Gateway {
         let pid = payment_identifier(&job.payload)
             .map_err(|m| Reject::new(ErrorCode::BadRequest).detail("reason", m))?;
         if px.require_payment_identifier && pid.is_none() {
-            return Err(Reject::new(ErrorCode::BadRequest)
-                .detail("reason", "this route requires the payment-identifier extension"));
+            return Err(Reject::new(ErrorCode::BadRequest).detail(
+                "reason",
+                "this route requires the payment-identifier extension",
+            ));
         }
         let mut guard = None;
         if let Some(id) = &pid {
@@ -566,8 +567,10 @@ impl Gateway {
             )
             .await
         } else {
-            self.x402_settle_first(&rt, &px, job, &resource, &parts, fbody, remote, rid, route, host)
-                .await
+            self.x402_settle_first(
+                &rt, &px, job, &resource, &parts, fbody, remote, rid, route, host,
+            )
+            .await
         };
         rt.store.forget(&key);
         let (resp, paid) = result?;

@@ -446,7 +446,12 @@ mod tests {
             .await
             .unwrap();
         store
-            .transition(&key, PaymentState::Pending { tx: "0xfeed".into() })
+            .transition(
+                &key,
+                PaymentState::Pending {
+                    tx: "0xfeed".into(),
+                },
+            )
             .await
             .unwrap();
         let rows = store

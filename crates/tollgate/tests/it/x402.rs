@@ -61,7 +61,13 @@ impl Anvil {
         for _ in 0..5 {
             let port = free_port();
             let mut child = Command::new(&bin)
-                .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--silent"])
+                .args([
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    &port.to_string(),
+                    "--silent",
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::inherit())
                 .kill_on_drop(true)
@@ -349,7 +355,10 @@ async fn run_client(cmd: &mut Command) -> Value {
         String::from_utf8_lossy(&out.stdout)
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("client printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        panic!(
+            "client printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
     })
 }
 
@@ -361,7 +370,11 @@ async fn assert_client_paid(env: &Env, report: &Value, calls_before: u64, pay_to
     assert_eq!(pr["success"], true, "{report}");
     let tx = pr["transaction"].as_str().unwrap();
     assert_eq!(receipt_status(&env.anvil.url, tx).await, "0x1");
-    assert_eq!(env.mock.calls(), calls_before + 1, "upstream called exactly once");
+    assert_eq!(
+        env.mock.calls(),
+        calls_before + 1,
+        "upstream called exactly once"
+    );
     assert_eq!(
         env.pay_to_balance().await,
         pay_to_before + U256::from(PRICE)
@@ -390,10 +403,18 @@ async fn official_clients_pay_through_the_binary_and_api_keys_still_work() {
     let env = Env::start().await;
 
     // Without payment: our 402 contract body with the x402 challenge mirrored, plus headers.
-    let r = env.gw.http.get(env.gw.url("/paid/data")).send().await.unwrap();
+    let r = env
+        .gw
+        .http
+        .get(env.gw.url("/paid/data"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 402);
     assert_eq!(r.headers()["cache-control"], "no-store");
-    let expose = r.headers()["access-control-expose-headers"].to_str().unwrap();
+    let expose = r.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap();
     assert!(expose.contains("PAYMENT-REQUIRED") && expose.contains("PAYMENT-RESPONSE"));
     let header = decode_b64_json(r.headers()["payment-required"].to_str().unwrap());
     let body = json(r).await;
@@ -475,11 +496,11 @@ async fn official_clients_pay_through_the_binary_and_api_keys_still_work() {
     assert_eq!(items.len(), 4);
     let paid = items.iter().find(|i| i["route"] == "paid").unwrap();
     assert_eq!(paid["accepts"][0]["amount"], PRICE.to_string());
+    assert_eq!(paid["extensions"]["bazaar"]["description"], "Premium data");
     assert_eq!(
-        paid["extensions"]["bazaar"]["description"],
-        "Premium data"
+        paid["extensions"]["bazaar"]["info"]["input"]["method"],
+        "GET"
     );
-    assert_eq!(paid["extensions"]["bazaar"]["info"]["input"]["method"], "GET");
     assert_eq!(env.mock.calls(), 3);
 
     // Both payments are in the admin API and the CLI.
@@ -499,15 +520,14 @@ async fn official_clients_pay_through_the_binary_and_api_keys_still_work() {
             format!("{:#x}", env.dep.payer),
             "payer recorded"
         );
-        assert_eq!(receipt_status(&env.anvil.url, p["tx_hash"].as_str().unwrap()).await, "0x1");
+        assert_eq!(
+            receipt_status(&env.anvil.url, p["tx_hash"].as_str().unwrap()).await,
+            "0x1"
+        );
     }
     let (s, v) = env
         .gw
-        .admin(
-            reqwest::Method::GET,
-            "/v1/x402/payments?state=bogus",
-            None,
-        )
+        .admin(reqwest::Method::GET, "/v1/x402/payments?state=bogus", None)
         .await;
     assert_eq!(s, 400, "{v}");
     let out = std::process::Command::new(crate::harness::bin())
@@ -526,7 +546,11 @@ async fn official_clients_pay_through_the_binary_and_api_keys_still_work() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed["items"].as_array().unwrap().len(), 1);
     assert!(listed["next_after"].is_string(), "{listed}");
@@ -557,7 +581,10 @@ async fn refused_payments_get_their_code_and_never_reach_the_upstream() {
     let check = |r: reqwest::Response, status: u16, code: &'static str, reason: &'static str| async move {
         let s = r.status();
         if status == 402 {
-            assert!(r.headers().contains_key("payment-required"), "402 carries the challenge");
+            assert!(
+                r.headers().contains_key("payment-required"),
+                "402 carries the challenge"
+            );
         }
         let v = json(r).await;
         expect(&v, status, s, code, reason);
@@ -565,21 +592,51 @@ async fn refused_payments_get_their_code_and_never_reach_the_upstream() {
     };
 
     // Malformed headers.
-    check(env.pay("/paid", "%%%not-base64").await, 402, "PAYMENT_INVALID", "malformed_payment").await;
+    check(
+        env.pay("/paid", "%%%not-base64").await,
+        402,
+        "PAYMENT_INVALID",
+        "malformed_payment",
+    )
+    .await;
     let not_json = base64::engine::general_purpose::STANDARD.encode("{not json");
-    check(env.pay("/paid", &not_json).await, 402, "PAYMENT_INVALID", "malformed_payment").await;
+    check(
+        env.pay("/paid", &not_json).await,
+        402,
+        "PAYMENT_INVALID",
+        "malformed_payment",
+    )
+    .await;
     let wrong_shape = base64::engine::general_purpose::STANDARD.encode(r#"{"x402Version":2}"#);
-    check(env.pay("/paid", &wrong_shape).await, 402, "PAYMENT_INVALID", "").await;
+    check(
+        env.pay("/paid", &wrong_shape).await,
+        402,
+        "PAYMENT_INVALID",
+        "",
+    )
+    .await;
 
     // Wrong amount, recipient.
     let mut t = env.terms(1);
     t.value = U256::from(PRICE - 1);
     let h = encode_payment_header(&env.sign(&env.dep.payer_key, &t)).unwrap();
-    check(env.pay("/paid", &h).await, 402, "PAYMENT_INVALID", "amount_mismatch").await;
+    check(
+        env.pay("/paid", &h).await,
+        402,
+        "PAYMENT_INVALID",
+        "amount_mismatch",
+    )
+    .await;
     let mut t = env.terms(2);
     t.to = Address::repeat_byte(0x42);
     let h = encode_payment_header(&env.sign(&env.dep.payer_key, &t)).unwrap();
-    check(env.pay("/paid", &h).await, 402, "PAYMENT_INVALID", "recipient_mismatch").await;
+    check(
+        env.pay("/paid", &h).await,
+        402,
+        "PAYMENT_INVALID",
+        "recipient_mismatch",
+    )
+    .await;
 
     // Wrong asset and wrong chain: signed for offers the route does not make.
     let signer: PrivateKeySigner = env.dep.payer_key.parse().unwrap();
@@ -600,9 +657,16 @@ async fn refused_payments_get_their_code_and_never_reach_the_upstream() {
     };
     let wrong_asset = other.compile().unwrap();
     let t = AuthorizationTerms::for_offer(&wrong_asset.offers[0], SystemClock.now_unix(), nonce(3));
-    let h = encode_payment_header(&sign_exact_payment(&signer, &wrong_asset.offers[0], &t).unwrap())
-        .unwrap();
-    check(env.pay("/paid", &h).await, 402, "PAYMENT_INVALID", "requirements_mismatch").await;
+    let h =
+        encode_payment_header(&sign_exact_payment(&signer, &wrong_asset.offers[0], &t).unwrap())
+            .unwrap();
+    check(
+        env.pay("/paid", &h).await,
+        402,
+        "PAYMENT_INVALID",
+        "requirements_mismatch",
+    )
+    .await;
     // Base mainnet's known USDC.
     other.offers[0].network = "eip155:8453".into();
     other.offers[0].asset = None;
@@ -610,9 +674,16 @@ async fn refused_payments_get_their_code_and_never_reach_the_upstream() {
     other.offers[0].eip712_version = None;
     let wrong_chain = other.compile().unwrap();
     let t = AuthorizationTerms::for_offer(&wrong_chain.offers[0], SystemClock.now_unix(), nonce(4));
-    let h = encode_payment_header(&sign_exact_payment(&signer, &wrong_chain.offers[0], &t).unwrap())
-        .unwrap();
-    check(env.pay("/paid", &h).await, 402, "PAYMENT_INVALID", "unsupported_network").await;
+    let h =
+        encode_payment_header(&sign_exact_payment(&signer, &wrong_chain.offers[0], &t).unwrap())
+            .unwrap();
+    check(
+        env.pay("/paid", &h).await,
+        402,
+        "PAYMENT_INVALID",
+        "unsupported_network",
+    )
+    .await;
 
     // Expired and not yet valid authorizations.
     let now = SystemClock.now_unix();
@@ -620,12 +691,24 @@ async fn refused_payments_get_their_code_and_never_reach_the_upstream() {
     t.valid_after = now - 600;
     t.valid_before = now - 60;
     let h = encode_payment_header(&env.sign(&env.dep.payer_key, &t)).unwrap();
-    check(env.pay("/paid", &h).await, 402, "PAYMENT_INVALID", "authorization_expired").await;
+    check(
+        env.pay("/paid", &h).await,
+        402,
+        "PAYMENT_INVALID",
+        "authorization_expired",
+    )
+    .await;
     let mut t = env.terms(6);
     t.valid_after = now + 600;
     t.valid_before = now + 1200;
     let h = encode_payment_header(&env.sign(&env.dep.payer_key, &t)).unwrap();
-    check(env.pay("/paid", &h).await, 402, "PAYMENT_INVALID", "authorization_not_yet_valid").await;
+    check(
+        env.pay("/paid", &h).await,
+        402,
+        "PAYMENT_INVALID",
+        "authorization_not_yet_valid",
+    )
+    .await;
 
     // Bad signature: signed by someone else, claiming to be the funded payer.
     let mut p = env.sign(&env.dep.poor_payer_key, &env.terms(7));
@@ -633,13 +716,29 @@ async fn refused_payments_get_their_code_and_never_reach_the_upstream() {
         v2.payload.authorization.from = env.dep.payer;
     }
     let h = encode_payment_header(&p).unwrap();
-    check(env.pay("/paid", &h).await, 402, "PAYMENT_INVALID", "invalid_signature").await;
+    check(
+        env.pay("/paid", &h).await,
+        402,
+        "PAYMENT_INVALID",
+        "invalid_signature",
+    )
+    .await;
 
     // A payer without funds.
     let h = encode_payment_header(&env.sign(&env.dep.poor_payer_key, &env.terms(8))).unwrap();
-    check(env.pay("/paid", &h).await, 402, "PAYMENT_INVALID", "insufficient_funds").await;
+    check(
+        env.pay("/paid", &h).await,
+        402,
+        "PAYMENT_INVALID",
+        "insufficient_funds",
+    )
+    .await;
 
-    assert_eq!(env.mock.calls(), 0, "no refused payment reached the upstream");
+    assert_eq!(
+        env.mock.calls(),
+        0,
+        "no refused payment reached the upstream"
+    );
     assert_eq!(env.pay_to_balance().await, pay_to_before, "nothing charged");
 
     // A good payment is served once; its replay is refused with the original settlement.
@@ -657,9 +756,18 @@ async fn refused_payments_get_their_code_and_never_reach_the_upstream() {
     assert_eq!(v["details"]["transaction"], pr["transaction"]);
     assert_eq!(again.unwrap()["transaction"], pr["transaction"]);
     // The same payment on another route of the same price is a replay too.
-    check(env.pay("/both", &h).await, 402, "PAYMENT_ALREADY_USED", "nonce_already_used").await;
+    check(
+        env.pay("/both", &h).await,
+        402,
+        "PAYMENT_ALREADY_USED",
+        "nonce_already_used",
+    )
+    .await;
     assert_eq!(env.mock.calls(), 1);
-    assert_eq!(env.pay_to_balance().await, pay_to_before + U256::from(PRICE));
+    assert_eq!(
+        env.pay_to_balance().await,
+        pay_to_before + U256::from(PRICE)
+    );
 
     // payment-identifier: required but missing → 400; same id + same payment → the cached
     // response; same id + another payment → 409.
@@ -688,9 +796,18 @@ async fn refused_payments_get_their_code_and_never_reach_the_upstream() {
     assert_eq!(r.headers()["idempotent-replayed"], "true");
     assert_eq!(r.headers()["payment-response"], first);
     assert_eq!(r.text().await.unwrap(), first_body);
-    check(env.pay("/pid/x", &with_id(12, id)).await, 409, "PAYMENT_IDENTIFIER_CONFLICT", "").await;
+    check(
+        env.pay("/pid/x", &with_id(12, id)).await,
+        409,
+        "PAYMENT_IDENTIFIER_CONFLICT",
+        "",
+    )
+    .await;
     assert_eq!(env.mock.calls(), 2);
-    assert_eq!(env.pay_to_balance().await, pay_to_before + U256::from(2 * PRICE));
+    assert_eq!(
+        env.pay_to_balance().await,
+        pay_to_before + U256::from(2 * PRICE)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -722,7 +839,10 @@ async fn one_payment_buys_one_response_under_concurrency_and_many_payments_all_s
     }
     assert_eq!(ok, 1, "exactly one request served");
     assert_eq!(env.mock.calls(), 1, "exactly one upstream call");
-    assert_eq!(env.pay_to_balance().await, pay_to_before + U256::from(PRICE));
+    assert_eq!(
+        env.pay_to_balance().await,
+        pay_to_before + U256::from(PRICE)
+    );
 
     // 16 concurrent clients, each with its own authorization from the same payer, one settler
     // key: all settle, all served.
@@ -773,8 +893,14 @@ async fn settle_after_response_settles_only_what_was_served() {
     assert_eq!(r.status(), 200);
     let pr = decode_b64_json(r.headers()["payment-response"].to_str().unwrap());
     assert_eq!(pr["success"], true);
-    assert_eq!(receipt_status(&env.anvil.url, pr["transaction"].as_str().unwrap()).await, "0x1");
-    assert_eq!(env.pay_to_balance().await, pay_to_before + U256::from(PRICE));
+    assert_eq!(
+        receipt_status(&env.anvil.url, pr["transaction"].as_str().unwrap()).await,
+        "0x1"
+    );
+    assert_eq!(
+        env.pay_to_balance().await,
+        pay_to_before + U256::from(PRICE)
+    );
     // Replayed: refused before the upstream.
     let r = env.pay("/after/ok", &h).await;
     assert_eq!(r.status(), 402);
@@ -787,13 +913,17 @@ async fn unreachable_rpc_is_503_with_retry_after_and_nothing_charged() {
     // Fixed addresses (no chain needed: the RPC endpoint is a closed port).
     let dep = Deployment {
         network: "eip155:31337".into(),
-        token: "0x5FbDB2315678afecb367f032d93F642f64180aa3".parse().unwrap(),
+        token: "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+            .parse()
+            .unwrap(),
         name: "USD Coin".into(),
         version: "2".into(),
         payer: Address::ZERO,
         payer_key: "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d".into(),
         poor_payer_key: String::new(),
-        pay_to: "0x209693Bc6afc0C5328bA36FaF03C514EF312287C".parse().unwrap(),
+        pay_to: "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+            .parse()
+            .unwrap(),
         settler_key: "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a".into(),
     };
     std::env::set_var(SIGNER_ENV, &dep.settler_key);
@@ -805,8 +935,8 @@ async fn unreachable_rpc_is_503_with_retry_after_and_nothing_charged() {
     let route = priced(&dep);
     let signer: PrivateKeySigner = dep.payer_key.parse().unwrap();
     let t = AuthorizationTerms::for_offer(&route.offers[0], SystemClock.now_unix(), nonce(1));
-    let h = encode_payment_header(&sign_exact_payment(&signer, &route.offers[0], &t).unwrap())
-        .unwrap();
+    let h =
+        encode_payment_header(&sign_exact_payment(&signer, &route.offers[0], &t).unwrap()).unwrap();
     for _ in 0..2 {
         let r = gw
             .http
@@ -817,7 +947,10 @@ async fn unreachable_rpc_is_503_with_retry_after_and_nothing_charged() {
             .unwrap();
         assert_eq!(r.status(), 503);
         assert!(r.headers().contains_key("retry-after"));
-        assert!(r.headers().get("payment-required").is_none(), "never a fresh 402");
+        assert!(
+            r.headers().get("payment-required").is_none(),
+            "never a fresh 402"
+        );
         let v = json(r).await;
         assert_eq!(v["code"], "PAYMENT_PROVIDER_UNAVAILABLE", "{v}");
         assert_eq!(v["details"]["reason"], "provider_unavailable", "{v}");
@@ -833,4 +966,3 @@ async fn unreachable_rpc_is_503_with_retry_after_and_nothing_charged() {
     assert_eq!(items[0]["reason"], "provider_unavailable");
     assert!(items[0]["tx_hash"].is_null(), "nothing was sent");
 }
-
