@@ -966,3 +966,60 @@ async fn unreachable_rpc_is_503_with_retry_after_and_nothing_charged() {
     assert_eq!(items[0]["reason"], "provider_unavailable");
     assert!(items[0]["tx_hash"].is_null(), "nothing was sent");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settlement_without_receipt_is_503_pending_never_a_fresh_402() {
+    let anvil = Anvil::start().await;
+    let dep = deploy(&anvil.url).await;
+    std::env::set_var(SIGNER_ENV, &dep.settler_key);
+    let mock = MockUpstream::start_local().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &mock, &anvil.url, &dep).replace(
+        "receipt_timeout_seconds = 20",
+        "receipt_timeout_seconds = 1",
+    );
+    let gw = Gw::start(dir, &cfg);
+    // Blocks stop: the settlement is broadcast but its receipt never comes.
+    rpc(&anvil.url, "evm_setAutomine", json!([false]))
+        .await
+        .expect("evm_setAutomine");
+    let route = priced(&dep);
+    let signer: PrivateKeySigner = dep.payer_key.parse().unwrap();
+    let t = AuthorizationTerms::for_offer(&route.offers[0], SystemClock.now_unix(), nonce(1));
+    let h =
+        encode_payment_header(&sign_exact_payment(&signer, &route.offers[0], &t).unwrap()).unwrap();
+    let mut tx = String::new();
+    for _ in 0..2 {
+        let r = gw
+            .http
+            .get(gw.url("/paid"))
+            .header("PAYMENT-SIGNATURE", &h)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 503);
+        assert!(r.headers().contains_key("retry-after"));
+        assert!(
+            r.headers().get("payment-required").is_none(),
+            "never a fresh 402"
+        );
+        let pr = decode_b64_json(r.headers()["payment-response"].to_str().unwrap());
+        assert_eq!(pr["success"], false);
+        assert_eq!(pr["errorReason"], "settlement_pending");
+        let v = json(r).await;
+        assert_eq!(v["code"], "PAYMENT_SETTLEMENT_PENDING", "{v}");
+        tx = v["details"]["transaction"].as_str().unwrap().to_string();
+        assert_eq!(pr["transaction"], tx.as_str());
+        assert!(tx.starts_with("0x") && tx.len() == 66, "{v}");
+    }
+    assert_eq!(mock.calls(), 0);
+    let (s, v) = gw
+        .admin(
+            reqwest::Method::GET,
+            "/v1/x402/payments?state=pending",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["items"][0]["tx_hash"], tx.as_str(), "{v}");
+}
