@@ -911,21 +911,7 @@ async fn settle_after_response_settles_only_what_was_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_rpc_is_503_with_retry_after_and_nothing_charged() {
     // Fixed addresses (no chain needed: the RPC endpoint is a closed port).
-    let dep = Deployment {
-        network: "eip155:31337".into(),
-        token: "0x5FbDB2315678afecb367f032d93F642f64180aa3"
-            .parse()
-            .unwrap(),
-        name: "USD Coin".into(),
-        version: "2".into(),
-        payer: Address::ZERO,
-        payer_key: "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d".into(),
-        poor_payer_key: String::new(),
-        pay_to: "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
-            .parse()
-            .unwrap(),
-        settler_key: "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a".into(),
-    };
+    let dep = offline_deployment();
     std::env::set_var(SIGNER_ENV, &dep.settler_key);
     let mock = MockUpstream::start_local().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -1022,4 +1008,105 @@ async fn a_settlement_without_receipt_is_503_pending_never_a_fresh_402() {
         .await;
     assert_eq!(s, 200);
     assert_eq!(v["items"][0]["tx_hash"], tx.as_str(), "{v}");
+}
+
+/// The fixed addresses of the tests that need no chain.
+fn offline_deployment() -> Deployment {
+    Deployment {
+        network: "eip155:31337".into(),
+        token: "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+            .parse()
+            .unwrap(),
+        name: "USD Coin".into(),
+        version: "2".into(),
+        payer: Address::ZERO,
+        payer_key: "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d".into(),
+        poor_payer_key: String::new(),
+        pay_to: "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+            .parse()
+            .unwrap(),
+        settler_key: "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_errors_exit_64_with_key_paths_and_prices_follow_reloads() {
+    let dep = offline_deployment();
+    let mock = MockUpstream::start_local().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let closed = format!("http://{}", testkit::refused_addr());
+    let cfg = config(dir.path(), &mock, &closed, &dep);
+    let check = |text: &str, with_env: bool| {
+        let path = dir.path().join("check.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut cmd = std::process::Command::new(crate::harness::bin());
+        cmd.args(["config", "check", "--config"]).arg(&path);
+        if with_env {
+            cmd.env(SIGNER_ENV, &dep.settler_key);
+        } else {
+            cmd.env_remove(SIGNER_ENV);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    assert_eq!(check(&cfg, true).0, Some(0));
+    let (code, err) = check(&cfg, false);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("x402.networks[0].signer_key_env"), "{err}");
+    let bad = cfg
+        .replacen(&dep.pay_to.to_string(), "0x1234", 1)
+        .replacen(
+            "network = \"eip155:31337\"\nasset",
+            "network = \"eip155:1\"\nasset",
+            1,
+        )
+        .replacen(
+            &format!("amount = \"{PRICE}\""),
+            &format!("amount = \"{PRICE}\"\nusd = \"0.01\""),
+            1,
+        );
+    let (code, err) = check(&bad, true);
+    assert_eq!(code, Some(64), "{err}");
+    for path in [
+        "routes[0].x402.offers[0].pay_to",
+        "routes[0].x402.offers[0].network",
+        "routes[0].x402.usd",
+    ] {
+        assert!(err.contains(path), "{path} in {err}");
+    }
+
+    // A price change is picked up by a reload.
+    std::env::set_var(SIGNER_ENV, &dep.settler_key);
+    let gw = Gw::start(tempfile::tempdir().unwrap(), &cfg);
+    let amount = |gw: &Gw| {
+        let url = gw.url("/paid");
+        let http = gw.http.clone();
+        async move {
+            let r = http.get(url).send().await.unwrap();
+            assert_eq!(r.status(), 402);
+            json(r).await["accepts"][0]["amount"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        }
+    };
+    assert_eq!(amount(&gw).await, PRICE.to_string());
+    let text = std::fs::read_to_string(gw.config_path()).unwrap();
+    std::fs::write(
+        gw.config_path(),
+        text.replace(&format!("amount = \"{PRICE}\""), "amount = \"20000\""),
+    )
+    .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while amount(&gw).await != "20000" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new price not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(mock.calls(), 0);
 }
