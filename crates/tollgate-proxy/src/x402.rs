@@ -59,6 +59,8 @@ const PAYMENT_IDENTIFIER: &str = "payment-identifier";
 /// Dispatches each settlement to the settler of its chain.
 pub struct NetworkSettlers {
     by_chain: HashMap<u64, Arc<dyn Settler>>,
+    /// Chains settled locally (their pending transactions can be looked up).
+    chains: HashMap<u64, Arc<EvmChain>>,
 }
 
 #[async_trait]
@@ -108,6 +110,7 @@ impl X402Runtime {
         };
         let mut issues = Vec::new();
         let mut by_chain: HashMap<u64, Arc<dyn Settler>> = HashMap::new();
+        let mut chains: HashMap<u64, Arc<EvmChain>> = HashMap::new();
         let mut wait_secs = 10;
         for (i, n) in x.networks.iter().enumerate() {
             let p = format!("x402.networks[{i}]");
@@ -126,7 +129,11 @@ impl X402Runtime {
                         poll_interval_ms: 100,
                     };
                     match EvmChain::from_config(&cc) {
-                        Ok(c) => Arc::new(c),
+                        Ok(c) => {
+                            let c = Arc::new(c);
+                            chains.insert(chain_id, Arc::clone(&c));
+                            c
+                        }
                         Err(ChainError::Config(m)) => {
                             let (field, msg) = m.split_once(": ").unwrap_or(("", m.as_str()));
                             let path = if field.starts_with("settler_key_env") {
@@ -175,7 +182,7 @@ impl X402Runtime {
         if !issues.is_empty() {
             return Err(issues);
         }
-        let settlers = Arc::new(NetworkSettlers { by_chain });
+        let settlers = Arc::new(NetworkSettlers { by_chain, chains });
         let flight = SingleFlight::new(
             Arc::clone(&store) as Arc<dyn PaymentStore>,
             Duration::from_secs(wait_secs),
@@ -191,6 +198,37 @@ impl X402Runtime {
             store,
             networks: x.networks.clone(),
         }))
+    }
+
+    /// A payment whose settlement came back pending: look its transaction up. When it has been
+    /// mined successfully in the meantime, record it settled and return the transaction — only
+    /// to the one caller whose store transition wins, so a pending payment is served once.
+    /// A reverted transaction is recorded as a final failure.
+    async fn reconcile(
+        &self,
+        verified: &tollgate_x402::verify::VerifiedPayment,
+        tx: &str,
+    ) -> Option<String> {
+        let chain = self.settlers.chains.get(&verified.chain_id)?;
+        let hash: tollgate_x402::alloy::primitives::B256 = tx.parse().ok()?;
+        let key = PaymentKey::of(verified);
+        match chain.settlement_status(hash, verified).await {
+            Ok(Some(SettleOutcome::Settled { tx })) => {
+                let next = PaymentState::Settled { tx: tx.clone() };
+                self.store.transition(&key, next).await.ok().map(|()| tx)
+            }
+            Ok(_) => None,
+            Err(e @ (ChainError::Reverted { .. } | ChainError::MissingTransferEvent { .. })) => {
+                tracing::warn!(error = %e, "pending x402 settlement failed on chain");
+                let next = PaymentState::Failed {
+                    reason: Reason::SettlementFailed,
+                    retryable: false,
+                };
+                let _ = self.store.transition(&key, next).await;
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     /// Whether this runtime was built from the same `[x402]` networks as `cfg`.
@@ -592,7 +630,28 @@ impl Gateway {
         route: &Route,
         host: Option<&str>,
     ) -> Result<(Response<Incoming>, Paid), Reject> {
-        let outcome = rt.gate.settle(&px.priced, resource, job).await;
+        let verified = job.verified.clone();
+        let mut outcome = rt.gate.settle(&px.priced, resource, job).await;
+        if let GateOutcome::Pending {
+            response,
+            x402_version,
+        } = &outcome
+        {
+            // A payment left pending by an earlier request may have been mined since.
+            if !response.transaction.is_empty() {
+                if let Some(tx) = rt.reconcile(&verified, &response.transaction).await {
+                    let mut settled = response.clone();
+                    settled.success = true;
+                    settled.error_reason = None;
+                    settled.transaction = tx;
+                    outcome = GateOutcome::Paid {
+                        response: settled,
+                        payer: verified.payer,
+                        x402_version: *x402_version,
+                    };
+                }
+            }
+        }
         let paid = match outcome {
             GateOutcome::Paid {
                 response,

@@ -1008,6 +1008,38 @@ async fn a_settlement_without_receipt_is_503_pending_never_a_fresh_402() {
         .await;
     assert_eq!(s, 200);
     assert_eq!(v["items"][0]["tx_hash"], tx.as_str(), "{v}");
+
+    // Once mined, the same payment is served — once.
+    rpc(&anvil.url, "evm_mine", json!([]))
+        .await
+        .expect("evm_mine");
+    assert_eq!(receipt_status(&anvil.url, &tx).await, "0x1");
+    let r = gw
+        .http
+        .get(gw.url("/paid"))
+        .header("PAYMENT-SIGNATURE", &h)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let pr = decode_b64_json(r.headers()["payment-response"].to_str().unwrap());
+    assert_eq!(pr["success"], true);
+    assert_eq!(pr["transaction"], tx.as_str());
+    assert_eq!(mock.calls(), 1);
+    let r = gw
+        .http
+        .get(gw.url("/paid"))
+        .header("PAYMENT-SIGNATURE", &h)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 402);
+    assert_eq!(json(r).await["code"], "PAYMENT_ALREADY_USED");
+    assert_eq!(mock.calls(), 1);
+    let (_, v) = gw
+        .admin(reqwest::Method::GET, "/v1/x402/payments", None)
+        .await;
+    assert_eq!(v["items"][0]["state"], "settled", "{v}");
 }
 
 /// The fixed addresses of the tests that need no chain.
