@@ -1142,3 +1142,66 @@ async fn config_errors_exit_64_with_key_paths_and_prices_follow_reloads() {
     }
     assert_eq!(mock.calls(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settles_through_the_official_facilitator_when_configured() {
+    let anvil = Anvil::start().await;
+    let dep = deploy(&anvil.url).await;
+    let script = require(tools_dir().join("facilitator.mjs"), "facilitator.mjs");
+    let mut fac = Command::new("node")
+        .arg(script)
+        .arg(&anvil.url)
+        .arg(&dep.settler_key)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn node facilitator.mjs");
+    let stdout = fac.stdout.take().unwrap();
+    let mut line = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::io::AsyncBufReadExt::read_line(&mut tokio::io::BufReader::new(stdout), &mut line),
+    )
+    .await
+    .expect("facilitator did not start within 30s")
+    .unwrap();
+    let fac_url = serde_json::from_str::<Value>(&line).unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mock = MockUpstream::start_local().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &mock, &anvil.url, &dep).replace(
+        &format!(
+            "rpc_url = \"{}\"\nsigner_key_env = \"{SIGNER_ENV}\"",
+            anvil.url
+        ),
+        &format!("facilitator_url = \"{fac_url}\""),
+    );
+    assert!(cfg.contains("facilitator_url"));
+    let gw = Gw::start(dir, &cfg);
+    let pay_to_before = balance(&anvil.url, dep.token, dep.pay_to).await;
+    let report = run_client(
+        Command::new("node")
+            .arg(tools_dir().join("pay.mjs"))
+            .arg(gw.url("/paid/fac"))
+            .arg(&dep.payer_key)
+            .arg(dep.token.to_string()),
+    )
+    .await;
+    assert_eq!(report["status"], 200, "{report}");
+    let tx = report["paymentResponse"]["transaction"].as_str().unwrap();
+    assert_eq!(report["paymentResponse"]["success"], true, "{report}");
+    assert_eq!(receipt_status(&anvil.url, tx).await, "0x1");
+    assert_eq!(mock.calls(), 1);
+    assert_eq!(
+        balance(&anvil.url, dep.token, dep.pay_to).await,
+        pay_to_before + U256::from(PRICE)
+    );
+    let (_, v) = gw
+        .admin(reqwest::Method::GET, "/v1/x402/payments", None)
+        .await;
+    assert_eq!(v["items"][0]["state"], "settled", "{v}");
+    assert_eq!(v["items"][0]["tx_hash"], tx, "{v}");
+}
