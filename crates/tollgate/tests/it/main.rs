@@ -11,3 +11,4 @@ mod harness;
 mod money;
 mod ops;
 mod policy;
+mod x402;
