@@ -367,8 +367,11 @@ mod tests {
     fn open(dir: &std::path::Path) -> SqlitePaymentStore {
         let path = dir.join("t.db");
         let journal = Journal::start(
+            &path,
+            1,
             open_connection(&path, true).unwrap(),
             open_connection(&path, true).unwrap(),
+            true,
         )
         .unwrap();
         SqlitePaymentStore::new(
