@@ -44,6 +44,8 @@
 //! With feature `paid-server`, [`paid_server`] serves a priced resource behind a
 //! [`tollgate_x402::PaymentGate`] (tests and the x402 benchmark).
 
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod client;
 #[cfg(test)]
 mod flow_tests;

@@ -10,4 +10,5 @@ mod demo;
 mod harness;
 mod money;
 mod ops;
+mod pay;
 mod policy;
