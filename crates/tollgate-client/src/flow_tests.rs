@@ -211,16 +211,17 @@ async fn no_key_means_no_payment() {
     assert_eq!(srv.requests(), 1);
 }
 
+/// One scripted answer: status, headers, body.
+type Scripted = (u16, Vec<(&'static str, &'static str)>, &'static str);
+
 /// A server answering a fixed script of responses, then 200.
 #[derive(Clone)]
 struct Script {
-    steps: Arc<Mutex<Vec<(u16, Vec<(&'static str, &'static str)>, &'static str)>>>,
+    steps: Arc<Mutex<Vec<Scripted>>>,
     hits: Arc<AtomicUsize>,
 }
 
-async fn scripted(
-    steps: Vec<(u16, Vec<(&'static str, &'static str)>, &'static str)>,
-) -> (String, Script) {
+async fn scripted(steps: Vec<Scripted>) -> (String, Script) {
     let script = Script {
         steps: Arc::new(Mutex::new(steps.into_iter().rev().collect())),
         hits: Arc::new(AtomicUsize::new(0)),

@@ -288,11 +288,17 @@ async fn run() -> Result<(), String> {
         rpc_timeout_ms: 10_000,
         poll_interval_ms: 5,
     };
-    let settler: PrivateKeySigner = dep.settler_key.parse().map_err(|e| format!("settler key: {e}"))?;
+    let settler: PrivateKeySigner = dep
+        .settler_key
+        .parse()
+        .map_err(|e| format!("settler key: {e}"))?;
     let chain = Arc::new(EvmChain::with_signer(&cfg, settler).map_err(|e| e.to_string())?);
     chain.check_chain_id().await.map_err(|e| e.to_string())?;
     let gate = PaymentGate::new(
-        SingleFlight::new(Arc::new(InMemoryPaymentStore::new()), Duration::from_secs(30)),
+        SingleFlight::new(
+            Arc::new(InMemoryPaymentStore::new()),
+            Duration::from_secs(30),
+        ),
         chain,
         Arc::new(SystemClock),
     );
@@ -337,9 +343,8 @@ async fn run() -> Result<(), String> {
     })
     .map_err(|e| e.to_string())?;
     let fac = Arc::new(fac);
-    let reqs = FacilitatorRequirements::V2(
-        route.offers.first().ok_or("no offer")?.requirements.clone(),
-    );
+    let reqs =
+        FacilitatorRequirements::V2(route.offers.first().ok_or("no offer")?.requirements.clone());
     let fac_work = {
         let fac = Arc::clone(&fac);
         move |h: String| {
@@ -347,7 +352,9 @@ async fn run() -> Result<(), String> {
             let reqs = reqs.clone();
             async move {
                 let p = decode_payment_header(h.as_bytes()).map_err(|e| e.to_string())?;
-                fac.verify(&p, &reqs).await.map_err(|e| format!("verify: {e}"))?;
+                fac.verify(&p, &reqs)
+                    .await
+                    .map_err(|e| format!("verify: {e}"))?;
                 match fac.settle(&p, &reqs).await {
                     Ok(tollgate_x402::SettleOutcome::Settled { .. }) => Ok(()),
                     Ok(other) => Err(format!("settle: {other:?}")),
@@ -367,7 +374,10 @@ async fn run() -> Result<(), String> {
             t.failed,
             t.secs,
             t.rps(),
-            t.first_error.as_deref().map(|e| format!(" (first error: {e})")).unwrap_or_default()
+            t.first_error
+                .as_deref()
+                .map(|e| format!(" (first error: {e})"))
+                .unwrap_or_default()
         ));
         let q = queues(&route, theirs, workers, args.lane_max)?;
         let f = run_lane(q, deadline, fac_work.clone()).await;
@@ -377,7 +387,10 @@ async fn run() -> Result<(), String> {
             f.failed,
             f.secs,
             f.rps(),
-            f.first_error.as_deref().map(|e| format!(" (first error: {e})")).unwrap_or_default()
+            f.first_error
+                .as_deref()
+                .map(|e| format!(" (first error: {e})"))
+                .unwrap_or_default()
         ));
         rows.push((lane, workers, t, f));
     }
@@ -385,7 +398,11 @@ async fn run() -> Result<(), String> {
     say("| lane | clients | tollgate paid req/s (ok/failed) | TS facilitator verify+settle/s (ok/failed) | ratio tollgate/TS |");
     say("|---|---|---|---|---|");
     for (lane, workers, t, f) in &rows {
-        let ratio = if f.rps() > 0.0 { format!("{:.2}", t.rps() / f.rps()) } else { "n/a".into() };
+        let ratio = if f.rps() > 0.0 {
+            format!("{:.2}", t.rps() / f.rps())
+        } else {
+            "n/a".into()
+        };
         say(&format!(
             "| {lane} | {workers} | {:.1} ({}/{}) | {:.1} ({}/{}) | {ratio} |",
             t.rps(),
