@@ -50,6 +50,7 @@ pub fn routes() -> OpenApiRouter<AdminState> {
         .routes(routes!(adjust))
         .routes(routes!(list_entries))
         .routes(routes!(usage))
+        .routes(routes!(list_x402_payments))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -998,4 +999,55 @@ pub async fn usage(
         });
     }
     Ok(Json(u))
+}
+
+// ---------------------------------------------------------------------------------------------
+// x402
+
+/// x402 payments recorded by the gateway (payer, route, amount, asset, network, transaction,
+/// state), oldest first, in pages.
+#[utoipa::path(get, path = "/v1/x402/payments", tag = "x402", params(X402PaymentQuery),
+    responses((status = 200, description = "A page of payments", body = X402PaymentList),
+        (status = 400, description = "Invalid query", body = ErrorResponse),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorResponse),
+        (status = 503, description = "Store unavailable", body = ErrorResponse)))]
+pub async fn list_x402_payments(
+    State(st): State<AdminState>,
+    ApiQuery(q): ApiQuery<X402PaymentQuery>,
+) -> ApiResult<Json<X402PaymentList>> {
+    let limit = page_limit("limit", q.limit)?;
+    if let Some(s) = &q.state {
+        if !["verified", "settling", "settled", "pending", "failed"].contains(&s.as_str()) {
+            return Err(ApiError::bad_field(
+                "state",
+                format!("state: `{s}` is not one of verified, settling, settled, pending, failed"),
+            ));
+        }
+    }
+    let after = match q.after.as_deref() {
+        None => None,
+        Some(a) => Some(a.parse::<i64>().map_err(|_| {
+            ApiError::bad_field("after", format!("after: `{a}` is not a listing position"))
+        })?),
+    };
+    let filter = tollgate_store::x402::PaymentFilter {
+        route: q.route,
+        payer: q.payer,
+        state: q.state,
+        after,
+        limit,
+    };
+    let items: Vec<X402Payment> = st
+        .store
+        .x402
+        .list(&filter)?
+        .into_iter()
+        .map(X402Payment::from)
+        .collect();
+    let next_after = if items.len() == limit {
+        items.last().map(|p| p.seq.to_string())
+    } else {
+        None
+    };
+    Ok(Json(X402PaymentList { items, next_after }))
 }

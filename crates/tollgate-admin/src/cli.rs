@@ -56,6 +56,9 @@ pub enum AdminCommand {
     Credits(CreditsCmd),
     /// Usage totals of a consumer (current plan period by default).
     Usage(UsageArgs),
+    /// x402 payments recorded by the gateway.
+    #[command(subcommand)]
+    X402(X402Cmd),
     /// Print the OpenAPI document of the admin API.
     Openapi,
     /// Check that the admin API answers.
@@ -125,6 +128,29 @@ impl From<StatusArg> for crate::model::Status {
             StatusArg::Expired => S::Expired,
         }
     }
+}
+
+/// `x402 …`
+#[derive(Debug, Clone, Subcommand)]
+pub enum X402Cmd {
+    /// List x402 payments, oldest first.
+    Payments {
+        /// Only this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// Only this payer address.
+        #[arg(long)]
+        payer: Option<String>,
+        /// Only this state (verified, settling, settled, pending, failed).
+        #[arg(long)]
+        state: Option<String>,
+        /// Page after this listing position.
+        #[arg(long)]
+        after: Option<String>,
+        /// Page size (1–1000).
+        #[arg(long)]
+        limit: Option<usize>,
+    },
 }
 
 /// `consumers …`
@@ -549,6 +575,18 @@ pub fn call_for(cmd: &AdminCommand) -> Result<Call, CliError> {
             )
             .query("from", u.from)
             .query("to", u.to),
+        AdminCommand::X402(X402Cmd::Payments {
+            route,
+            payer,
+            state,
+            after,
+            limit,
+        }) => Call::new(M::GET, &["v1", "x402", "payments"])
+            .query("route", route)
+            .query("payer", payer)
+            .query("state", state)
+            .query("after", after)
+            .query("limit", limit),
         AdminCommand::Openapi => Call::new(M::GET, &["openapi.json"]),
         AdminCommand::Health => Call::new(M::GET, &["healthz"]),
     })

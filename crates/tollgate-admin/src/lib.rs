@@ -93,6 +93,7 @@ impl std::fmt::Debug for AdminState {
         (name = "subscriptions", description = "Plan and state changes, approval workflow"),
         (name = "credits", description = "Prepaid balance: top-ups, adjustments, ledger"),
         (name = "usage", description = "Usage totals and quota standing"),
+        (name = "x402", description = "Per-call stablecoin payments (x402) recorded by the gateway"),
         (name = "meta", description = "Health and this document")
     )
 )]
@@ -300,12 +301,13 @@ mod tests {
             "/v1/consumers/{id}/adjustments",
             "/v1/consumers/{id}/entries",
             "/v1/consumers/{id}/usage",
+            "/v1/x402/payments",
         ] {
             assert!(
                 doc.paths.paths.contains_key(p),
                 "{p} missing from {paths:?}"
             );
         }
-        assert_eq!(doc.paths.paths.len(), 18);
+        assert_eq!(doc.paths.paths.len(), 19);
     }
 }

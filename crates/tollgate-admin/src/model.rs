@@ -630,3 +630,83 @@ pub struct Health {
     /// Always `ok`.
     pub status: String,
 }
+
+/// One x402 payment as recorded by the gateway.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct X402Payment {
+    /// Listing position (pass as `after` for the next page).
+    pub seq: i64,
+    /// Route id.
+    pub route: Option<String>,
+    /// Payer address (lower-case hex).
+    pub payer: String,
+    /// Recipient address.
+    pub pay_to: Option<String>,
+    /// Amount in atomic units of the asset (decimal string).
+    pub amount: Option<String>,
+    /// Token contract address.
+    pub asset: String,
+    /// CAIP-2 network.
+    pub network: Option<String>,
+    /// EIP-3009 authorization nonce.
+    pub nonce: String,
+    /// `verified`, `settling`, `settled`, `pending` or `failed`.
+    pub state: String,
+    /// Settlement transaction hash.
+    pub tx_hash: Option<String>,
+    /// Why it failed (stable reason code).
+    pub reason: Option<String>,
+    /// Request that presented the payment first.
+    pub request_id: Option<String>,
+    /// First seen (RFC 3339).
+    pub created_at: String,
+    /// Last state change (RFC 3339).
+    pub updated_at: String,
+}
+
+impl From<tollgate_store::x402::PaymentView> for X402Payment {
+    fn from(p: tollgate_store::x402::PaymentView) -> Self {
+        X402Payment {
+            seq: p.seq,
+            route: p.route,
+            payer: p.payer,
+            pay_to: p.pay_to,
+            amount: p.amount,
+            asset: p.asset,
+            network: p.network,
+            nonce: p.nonce,
+            state: p.state,
+            tx_hash: p.tx_hash,
+            reason: p.reason,
+            request_id: p.request_id,
+            created_at: p.created_at,
+            updated_at: p.updated_at,
+        }
+    }
+}
+
+/// A page of x402 payments, oldest first.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct X402PaymentList {
+    /// Payments.
+    pub items: Vec<X402Payment>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_after: Option<String>,
+}
+
+/// Filters of the x402 payment list.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct X402PaymentQuery {
+    /// Only payments for this route.
+    pub route: Option<String>,
+    /// Only payments of this payer address.
+    pub payer: Option<String>,
+    /// Only payments in this state (`verified`, `settling`, `settled`, `pending`, `failed`).
+    pub state: Option<String>,
+    /// Only payments listed after this `seq` (paging).
+    pub after: Option<String>,
+    /// Page size, 1–1000 (default 100).
+    pub limit: Option<usize>,
+}

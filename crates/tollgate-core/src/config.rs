@@ -69,6 +69,78 @@ pub struct Config {
     /// Consumers and keys declared in config, for GitOps users.
     #[serde(default)]
     pub consumers: Vec<ConsumerConfig>,
+    /// x402 settlement: the networks the gateway settles on.
+    pub x402: Option<X402Config>,
+}
+
+/// `[x402]`: how the gateway settles x402 payments, per network.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct X402Config {
+    /// One entry per network the gateway settles on.
+    #[serde(default)]
+    pub networks: Vec<X402NetworkConfig>,
+}
+
+/// `[[x402.networks]]`: settle locally through an RPC endpoint (`rpc_url` +
+/// `signer_key_env`) or through a remote facilitator (`facilitator_url`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct X402NetworkConfig {
+    /// CAIP-2 id, `eip155:N`.
+    pub network: String,
+    /// JSON-RPC URL; the gateway settles with `transferWithAuthorization` itself.
+    pub rpc_url: Option<String>,
+    /// Name of the environment variable holding the settler's private key (with `rpc_url`).
+    pub signer_key_env: Option<String>,
+    /// Remote facilitator base URL (instead of `rpc_url`).
+    pub facilitator_url: Option<String>,
+    /// How long to wait for a settlement receipt before answering 503 with the pending
+    /// transaction (never a new 402).
+    #[serde(default = "d_receipt_timeout")]
+    pub receipt_timeout_seconds: u64,
+}
+
+fn d_receipt_timeout() -> u64 {
+    30
+}
+
+/// `[routes.x402]`: the per-call price of a route in stablecoin (the fields of
+/// [`tollgate_x402::RoutePrice`], plus how the gateway orders settlement and serving).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RouteX402Config {
+    /// Price in atomic units of each offer's asset. Exactly one of `amount` and `usd`.
+    pub amount: Option<tollgate_x402::TokenAmount>,
+    /// Price in US dollars as a decimal string (`"0.01"`).
+    pub usd: Option<String>,
+    /// Resource description shown to payers and in discovery.
+    pub description: Option<String>,
+    /// MIME type of the response.
+    pub mime_type: Option<String>,
+    /// `false` (default): verify → settle → forward. `true`: verify → reserve → forward →
+    /// settle only when the upstream answered below 500.
+    #[serde(default)]
+    pub settle_after_response: bool,
+    /// Require the `payment-identifier` extension on every payment (400 without it).
+    #[serde(default)]
+    pub require_payment_identifier: bool,
+    /// Ways to pay.
+    #[serde(default)]
+    pub offers: Vec<tollgate_x402::NetworkOffer>,
+}
+
+impl RouteX402Config {
+    /// The price in the x402 crate's form.
+    pub fn price(&self) -> tollgate_x402::RoutePrice {
+        tollgate_x402::RoutePrice {
+            amount: self.amount,
+            usd: self.usd.clone(),
+            offers: self.offers.clone(),
+            description: self.description.clone(),
+            mime_type: self.mime_type.clone(),
+        }
+    }
 }
 
 /// `[server]`.
@@ -212,6 +284,9 @@ pub struct RouteConfig {
     pub public: bool,
     /// Price per request, in the currency (plans may override).
     pub price: Option<Money>,
+    /// Per-call price in stablecoin (x402). With `public = false` an API key on a plan also
+    /// pays; with `public = true` x402 is the only way to pay.
+    pub x402: Option<RouteX402Config>,
 }
 
 /// How the plan treats use beyond its quota.
@@ -518,6 +593,66 @@ impl Config {
             }
         }
 
+        let mut x402_networks = HashSet::new();
+        if let Some(x) = &self.x402 {
+            for (i, n) in x.networks.iter().enumerate() {
+                let p = format!("x402.networks[{i}]");
+                let parsed = tollgate_x402::Network::parse(&n.network)
+                    .filter(|net| net.eip155_chain_id().is_some());
+                if parsed.is_none() {
+                    push(
+                        format!("{p}.network"),
+                        format!(
+                            "`{}` is not an EVM CAIP-2 network like eip155:8453",
+                            n.network
+                        ),
+                    );
+                }
+                if !x402_networks.insert(n.network.as_str()) {
+                    push(
+                        format!("{p}.network"),
+                        format!("duplicate network `{}`", n.network),
+                    );
+                }
+                match (&n.rpc_url, &n.facilitator_url) {
+                    (Some(_), Some(_)) | (None, None) => push(
+                        p.clone(),
+                        "set exactly one of rpc_url and facilitator_url".into(),
+                    ),
+                    (Some(u), None) => {
+                        check_url(u, &format!("{p}.rpc_url"), &mut push);
+                        match &n.signer_key_env {
+                            None => push(
+                                format!("{p}.signer_key_env"),
+                                "required with rpc_url (name of the env var holding the settler key)"
+                                    .into(),
+                            ),
+                            Some(e) if e.is_empty() || e.contains('=') => push(
+                                format!("{p}.signer_key_env"),
+                                "must be an environment variable name".into(),
+                            ),
+                            _ => {}
+                        }
+                    }
+                    (None, Some(u)) => {
+                        check_url(u, &format!("{p}.facilitator_url"), &mut push);
+                        if n.signer_key_env.is_some() {
+                            push(
+                                format!("{p}.signer_key_env"),
+                                "only used with rpc_url (the facilitator settles)".into(),
+                            );
+                        }
+                    }
+                }
+                if n.receipt_timeout_seconds == 0 || n.receipt_timeout_seconds > 600 {
+                    push(
+                        format!("{p}.receipt_timeout_seconds"),
+                        "must be between 1 and 600".into(),
+                    );
+                }
+            }
+        }
+
         let mut routes = HashSet::new();
         let mut matchers = HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
@@ -556,6 +691,24 @@ impl Config {
                         format!("{p}.price"),
                         "a public route cannot have a price".into(),
                     );
+                }
+            }
+            if let Some(x) = &r.x402 {
+                if let Err(errs) = x.price().compile() {
+                    for e in errs.0 {
+                        push(format!("{p}.x402.{}", e.field), e.message);
+                    }
+                }
+                for (j, o) in x.offers.iter().enumerate() {
+                    if !x402_networks.contains(o.network.as_str()) {
+                        push(
+                            format!("{p}.x402.offers[{j}].network"),
+                            format!(
+                                "no [[x402.networks]] entry for `{}`: the gateway could not settle it",
+                                o.network
+                            ),
+                        );
+                    }
                 }
             }
             let key = (r.host.clone(), r.path_prefix.clone(), r.methods.clone());
@@ -700,6 +853,25 @@ impl Config {
         out
     }
 
+    /// Problems with the environment the configuration refers to (settler keys of
+    /// `[[x402.networks]]`): checked by `config check` and at `serve`, not on parse.
+    pub fn env_issues(&self) -> Vec<ConfigIssue> {
+        let mut out = Vec::new();
+        for (i, n) in self.x402.iter().flat_map(|x| x.networks.iter()).enumerate() {
+            if let (Some(_), Some(var)) = (&n.rpc_url, &n.signer_key_env) {
+                if !std::env::var(var).is_ok_and(|v| !v.trim().is_empty()) {
+                    out.push(ConfigIssue {
+                        path: format!("x402.networks[{i}].signer_key_env"),
+                        message: format!(
+                            "environment variable {var} (the settler's private key) is not set"
+                        ),
+                    });
+                }
+            }
+        }
+        out
+    }
+
     /// Look up a plan by id.
     pub fn plan(&self, id: &str) -> Option<&PlanConfig> {
         self.plans.iter().find(|p| p.id == id)
@@ -802,6 +974,85 @@ rate_limit = { per_second = 10 }
         assert!(e.contains("plans[0].timezone"), "{e}");
         let e = Config::from_toml("server = 3").unwrap_err().to_string();
         assert!(e.contains("server"), "{e}");
+    }
+
+    const X402: &str = r#"
+[x402]
+[[x402.networks]]
+network = "eip155:31337"
+rpc_url = "http://127.0.0.1:8545"
+signer_key_env = "TOLLGATE_X402_SIGNER_KEY"
+
+[[routes]]
+id = "paid"
+path_prefix = "/paid"
+upstream = "api"
+public = true
+[routes.x402]
+amount = "10000"
+description = "Premium data"
+mime_type = "application/json"
+[[routes.x402.offers]]
+network = "eip155:31337"
+asset = "0x5FbDB2315678afecb367f032d93F642f64180aa3"
+pay_to = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
+eip712_name = "USD Coin"
+eip712_version = "2"
+max_timeout_seconds = 60
+"#;
+
+    #[test]
+    fn x402_config_loads_and_compiles() {
+        let c = Config::from_toml(&format!("{GOOD}{X402}")).unwrap();
+        let r = &c.routes[1];
+        let x = r.x402.as_ref().unwrap();
+        assert!(!x.settle_after_response);
+        let priced = x.price().compile().unwrap();
+        assert_eq!(priced.offers[0].chain_id, 31337);
+        assert_eq!(c.x402.unwrap().networks[0].receipt_timeout_seconds, 30);
+    }
+
+    #[test]
+    fn x402_errors_name_their_paths() {
+        let issues = |text: String| match Config::from_toml(&text).unwrap_err() {
+            ConfigError::Invalid(i) => i.into_iter().map(|i| i.path).collect::<Vec<_>>(),
+            ConfigError::Parse(i) => vec![i.path],
+        };
+        let bad = format!("{GOOD}{X402}")
+            .replace("pay_to = \"0x2096", "pay_to = \"0xZZ96")
+            .replace("amount = \"10000\"", "amount = \"10000\"\nusd = \"0.01\"");
+        let p = issues(bad);
+        assert!(
+            p.contains(&"routes[1].x402.offers[0].pay_to".to_string()),
+            "{p:?}"
+        );
+        assert!(p.contains(&"routes[1].x402.usd".to_string()), "{p:?}");
+        let bad = format!("{GOOD}{X402}").replace(
+            "network = \"eip155:31337\"\nrpc",
+            "network = \"eip155:1\"\nrpc",
+        );
+        let p = issues(bad);
+        assert!(
+            p.contains(&"routes[1].x402.offers[0].network".to_string()),
+            "{p:?}"
+        );
+        let ok = format!("{GOOD}{X402}").replace(
+            "rpc_url = \"http://127.0.0.1:8545\"\nsigner_key_env = \"TOLLGATE_X402_SIGNER_KEY\"",
+            "facilitator_url = \"http://127.0.0.1:9000\"",
+        );
+        assert!(Config::from_toml(&ok).is_ok());
+        let bad = format!("{GOOD}{X402}").replace(
+            "signer_key_env = \"TOLLGATE_X402_SIGNER_KEY\"",
+            "signer_key_env = \"K\"\nfacilitator_url = \"http://127.0.0.1:9000\"",
+        );
+        let p = issues(bad);
+        assert!(p.contains(&"x402.networks[0]".to_string()), "{p:?}");
+        let bad = format!("{GOOD}{X402}").replace("amount = \"10000\"", "");
+        let p = issues(bad);
+        assert!(p.contains(&"routes[1].x402.amount".to_string()), "{p:?}");
+        let bad = format!("{GOOD}{X402}").replace("mime_type = \"application/json\"", "mime = 1");
+        let p = issues(bad);
+        assert!(p[0].starts_with("routes[1].x402"), "{p:?}");
     }
 
     #[test]

@@ -79,6 +79,11 @@ error_codes! {
     PaymentInvalid => ("PAYMENT_INVALID", PAYMENT_REQUIRED,
         "The payment could not be accepted.",
         "Sign a new authorization matching one of the offers in `accepts`; `details.reason` says what was wrong."),
+    /// The payment was already used to buy a response, or its payer and nonce belong to another
+    /// payment (x402). One payment buys one response.
+    PaymentAlreadyUsed => ("PAYMENT_ALREADY_USED", PAYMENT_REQUIRED,
+        "This payment was already used.",
+        "Sign a new authorization (fresh nonce) for one of the offers in `accepts`; `details.transaction` is the original settlement when known."),
     /// The payment was valid but its settlement failed (x402).
     PaymentSettlementFailed => ("PAYMENT_SETTLEMENT_FAILED", PAYMENT_REQUIRED,
         "The payment could not be settled.",
@@ -123,6 +128,14 @@ error_codes! {
     PaymentProviderUnavailable => ("PAYMENT_PROVIDER_UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE,
         "The payment provider cannot be reached right now; nothing was charged.",
         "Retry after the number of seconds in `Retry-After` with the same payment."),
+    /// An x402 settlement was sent but its outcome is not known yet.
+    PaymentSettlementPending => ("PAYMENT_SETTLEMENT_PENDING", StatusCode::SERVICE_UNAVAILABLE,
+        "Your payment was submitted and its settlement is not confirmed yet; do not pay again.",
+        "Retry after the number of seconds in `Retry-After` with the same payment; `details.transaction` is the pending transaction."),
+    /// The same x402 `payment-identifier` was used with a different payment or request.
+    PaymentIdentifierConflict => ("PAYMENT_IDENTIFIER_CONFLICT", StatusCode::CONFLICT,
+        "This payment identifier was already used with a different payment.",
+        "Use a new payment identifier for a different payment; the same id with the same payment replays the first response."),
     /// The ledger cannot answer; the gateway fails closed.
     StoreUnavailable => ("STORE_UNAVAILABLE", StatusCode::SERVICE_UNAVAILABLE,
         "The gateway cannot check your account right now; nothing was charged.",
@@ -249,6 +262,7 @@ mod tests {
             PremiumModelAccessDenied,
             PaymentRequired,
             PaymentInvalid,
+            PaymentAlreadyUsed,
             PaymentSettlementFailed,
         ] {
             assert_eq!(c.status(), StatusCode::PAYMENT_REQUIRED);

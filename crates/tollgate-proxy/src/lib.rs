@@ -10,6 +10,7 @@ pub mod ratelimit;
 pub mod respond;
 pub mod server;
 pub mod snapshot;
+pub mod x402;
 
 pub use pipeline::Gateway;
 pub use snapshot::Snapshot;

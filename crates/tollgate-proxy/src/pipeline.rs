@@ -36,6 +36,8 @@ pub struct Gateway {
     pub snapshot: ArcSwap<Snapshot>,
     /// Ledger, directory, journal.
     pub store: Arc<Store>,
+    /// x402 settlement (None without `[x402]`).
+    pub x402: arc_swap::ArcSwapOption<crate::x402::X402Runtime>,
     rid_prefix: String,
     rid_counter: AtomicU64,
 }
@@ -70,7 +72,7 @@ const HOP_BY_HOP: [&str; 8] = [
     "proxy-authorization",
 ];
 
-fn strip_hop_by_hop(h: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -113,6 +115,7 @@ impl Gateway {
         Arc::new(Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             store,
+            x402: arc_swap::ArcSwapOption::empty(),
             rid_prefix,
             rid_counter: AtomicU64::new(1),
         })
@@ -199,9 +202,34 @@ impl Gateway {
             return Ok(r);
         }
         let host = host_of(&req);
+        if path == "/.well-known/x402" {
+            let raw_host = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+                .or_else(|| req.uri().authority().map(|a| a.to_string()));
+            return Ok(crate::x402::discovery(snap, raw_host.as_deref()));
+        }
         let Some(route) = snap.route(host.as_deref(), path, req.method()).cloned() else {
             return Err(Reject::new(ErrorCode::NotFound).detail("path", path.to_string()));
         };
+        if route.x402.is_some() {
+            let h = req.headers();
+            if h.contains_key(&crate::x402::PAYMENT_SIGNATURE)
+                || h.contains_key(&crate::x402::X_PAYMENT)
+            {
+                return self
+                    .x402_request(req, remote, rid, snap, &route, host.as_deref())
+                    .await;
+            }
+            // Without a payment: an API key still pays on a non-public route.
+            if route.cfg.public
+                || !(h.contains_key(header::AUTHORIZATION) || h.contains_key(&X_API_KEY))
+            {
+                return Err(self.x402_challenge(&req, &route));
+            }
+        }
         if route.cfg.public {
             let (parts, body) = req.into_parts();
             let body = ForwardBody::Stream(limited(body, server.max_body_bytes));
@@ -465,7 +493,7 @@ impl Gateway {
     /// can be sent again (buffered or empty) are retried, once, on another target, and only
     /// when the connection could not be made (nothing reached the upstream).
     #[allow(clippy::too_many_arguments)]
-    async fn forward(
+    pub(crate) async fn forward(
         &self,
         parts: &http::request::Parts,
         body: ForwardBody,
@@ -777,7 +805,7 @@ impl Gateway {
 }
 
 /// The request body to send upstream.
-pub enum ForwardBody {
+pub(crate) enum ForwardBody {
     /// Already read (idempotency) — can be sent again.
     Full(Bytes),
     /// Still streaming from the client.
@@ -844,6 +872,8 @@ fn upstream_headers(
         h.remove(&X_API_KEY);
     }
     h.remove(&IDEMPOTENCY_KEY);
+    h.remove(&crate::x402::PAYMENT_SIGNATURE);
+    h.remove(&crate::x402::X_PAYMENT);
     let ip = remote.ip().to_string();
     let xff = match h.get(&XFF).and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {ip}"),
@@ -928,7 +958,7 @@ fn builtin(path: &str) -> Option<Response<Body>> {
     }
 }
 
-fn replay(stored: &StoredResponse) -> Response<Body> {
+pub(crate) fn replay(stored: &StoredResponse) -> Response<Body> {
     let mut r = Response::new(replay_body(stored.body.clone()));
     *r.status_mut() = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
     for (k, v) in &stored.headers {

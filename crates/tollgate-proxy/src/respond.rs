@@ -33,6 +33,8 @@ pub struct Reject {
     pub link: Option<(String, &'static str)>,
     /// Extra headers.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Extra top-level body fields beside ours (the x402 challenge mirrored in a 402).
+    pub extra: Map<String, Value>,
 }
 
 impl Reject {
@@ -45,7 +47,20 @@ impl Reject {
             retry_after: None,
             link: None,
             headers: Vec::new(),
+            extra: Map::new(),
         }
+    }
+
+    /// Add a response header.
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+
+    /// Merge `fields` into the top level of the body (our own keys win).
+    pub fn extra_fields(mut self, fields: Map<String, Value>) -> Self {
+        self.extra = fields;
+        self
     }
 
     /// Add a detail.
@@ -87,8 +102,18 @@ impl Reject {
             body.message = m;
         }
         body.details = self.details;
-        let json =
-            serde_json::to_vec(&body).unwrap_or_else(|_| b"{\"code\":\"INTERNAL\"}".to_vec());
+        let json = if self.extra.is_empty() {
+            serde_json::to_vec(&body)
+        } else {
+            serde_json::to_value(&body).and_then(|v| {
+                let mut merged = self.extra;
+                if let Value::Object(ours) = v {
+                    merged.extend(ours);
+                }
+                serde_json::to_vec(&Value::Object(merged))
+            })
+        }
+        .unwrap_or_else(|_| b"{\"code\":\"INTERNAL\"}".to_vec());
         let mut resp = Response::new(full(json));
         *resp.status_mut() = self.code.status();
         let h = resp.headers_mut();

@@ -139,6 +139,19 @@ pub struct Route {
     pub methods: Option<Vec<Method>>,
     /// Its upstream.
     pub upstream: Arc<Upstream>,
+    /// Its x402 price, compiled.
+    pub x402: Option<Arc<X402Route>>,
+}
+
+/// The x402 price of a route, compiled at load.
+#[derive(Debug)]
+pub struct X402Route {
+    /// Offers, challenge builder and reference for verification.
+    pub priced: tollgate_x402::PricedRoute,
+    /// Settle only after the upstream answered below 500.
+    pub settle_after_response: bool,
+    /// Payments must carry the `payment-identifier` extension.
+    pub require_payment_identifier: bool,
 }
 
 /// Everything a request needs from the configuration.
@@ -205,10 +218,22 @@ impl Snapshot {
                     .filter_map(|m| Method::from_bytes(m.as_bytes()).ok())
                     .collect()
             });
+            let x402 = match &r.x402 {
+                Some(x) => Some(Arc::new(X402Route {
+                    priced: x
+                        .price()
+                        .compile()
+                        .map_err(|e| format!("routes {}: x402: {e}", r.id))?,
+                    settle_after_response: x.settle_after_response,
+                    require_payment_identifier: x.require_payment_identifier,
+                })),
+                None => None,
+            };
             routes.push(Arc::new(Route {
                 cfg: r.clone(),
                 methods,
                 upstream,
+                x402,
             }));
         }
         routes.sort_by(|a, b| {

@@ -167,6 +167,16 @@ CREATE TABLE IF NOT EXISTS idempotency(
   consumer_seq INTEGER NOT NULL, key TEXT NOT NULL, fingerprint BLOB NOT NULL,
   status INTEGER NOT NULL, headers TEXT NOT NULL, body BLOB, created_ms INTEGER NOT NULL,
   PRIMARY KEY(consumer_seq, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS x402_payments(
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  chain_id INTEGER NOT NULL, asset TEXT NOT NULL, payer TEXT NOT NULL, nonce TEXT NOT NULL,
+  fingerprint BLOB NOT NULL, state TEXT NOT NULL, tx_hash TEXT, reason TEXT,
+  retryable INTEGER NOT NULL DEFAULT 0, expires_at INTEGER NOT NULL,
+  route TEXT, network TEXT, amount TEXT, pay_to TEXT, request_id TEXT,
+  created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+  UNIQUE(chain_id, asset, payer, nonce));
+CREATE INDEX IF NOT EXISTS x402_payments_payer ON x402_payments(payer);
+CREATE INDEX IF NOT EXISTS x402_payments_route ON x402_payments(route);
 "#;
 
 /// Schema version written to `meta`.

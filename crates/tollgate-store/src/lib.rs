@@ -7,6 +7,7 @@ pub mod directory;
 pub mod idempotency;
 pub mod journal;
 pub mod ledger;
+pub mod x402;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64};
@@ -43,6 +44,8 @@ pub struct Store {
     pub journal: Journal,
     /// Durability mode.
     pub durability: Durability,
+    /// x402 payments (durable reservations and outcomes).
+    pub x402: Arc<x402::SqlitePaymentStore>,
     reader: Mutex<Connection>,
     clock: Arc<dyn Clock>,
     /// Serializes admin changes to the directory so memory and disk agree.
@@ -190,7 +193,13 @@ impl Store {
         )?;
         let journal = Journal::start(conn, journal::open_connection(path, strict)?)?;
         let reader = journal::open_connection(path, strict)?;
+        let x402 = Arc::new(x402::SqlitePaymentStore::new(
+            journal.clone(),
+            journal::open_connection(path, strict)?,
+            Arc::clone(&clock),
+        ));
         Ok(Store {
+            x402,
             dir,
             ledger: LedgerShared::new(cfg.hold_ttl_secs as i64 * 1000),
             idem,

@@ -37,6 +37,8 @@ pub mod store_conformance;
 pub mod verify;
 pub mod wire;
 
+/// The alloy version the wire types are built on (addresses, hashes, signers).
+pub use alloy;
 pub use amount::TokenAmount;
 pub use chain::{ChainConfig, ChainError, EvmChain};
 pub use codec::{decode_payment_header, DecodeError};

@@ -87,7 +87,9 @@ impl PaymentState {
         }
     }
 
-    fn may_become(&self, next: &PaymentState) -> bool {
+    /// Whether the lifecycle allows moving from this state to `next` (every [`PaymentStore`]
+    /// enforces the same rules).
+    pub fn may_become(&self, next: &PaymentState) -> bool {
         use PaymentState::*;
         matches!(
             (self, next),

@@ -138,7 +138,7 @@ fn main() -> ExitCode {
             Cmd::Serve { config } => serve::serve(config).await,
             Cmd::Config {
                 cmd: ConfigCmd::Check { config },
-            } => match serve::load_config(&config) {
+            } => match serve::load_config_for_serving(&config) {
                 Ok(_) => {
                     eprintln!("{}: ok", config.display());
                     ExitCode::SUCCESS

@@ -12,10 +12,31 @@ use tokio::sync::watch;
 
 use tollgate_core::config::Config;
 use tollgate_core::Money;
+use tollgate_proxy::x402::X402Runtime;
 use tollgate_proxy::{Gateway, Snapshot};
 use tollgate_store::{Store, SystemClock};
 
 use crate::{EXIT_CONFIG, EXIT_IOERR, EXIT_NOINPUT, EXIT_OSERR};
+
+/// Print configuration issues the way every config error is printed; the exit code for them.
+fn config_issues(path: &Path, issues: &[tollgate_core::config::ConfigIssue]) -> ExitCode {
+    eprintln!("tollgate: invalid configuration {}:", path.display());
+    for i in issues {
+        eprintln!("  {i}");
+    }
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// Like [`load_config`], and also check the environment it refers to (x402 settler keys).
+pub fn load_config_for_serving(path: &Path) -> Result<Config, ExitCode> {
+    let cfg = load_config(path)?;
+    let issues = cfg.env_issues();
+    if issues.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(config_issues(path, &issues))
+    }
+}
 
 /// Read and validate a configuration file, printing every problem.
 pub fn load_config(path: &Path) -> Result<Config, ExitCode> {
@@ -62,6 +83,12 @@ pub async fn start(
         eprintln!("tollgate: cannot apply the consumers and keys of the configuration: {e}");
         return Err(ExitCode::from(EXIT_CONFIG));
     }
+    let x402 = X402Runtime::build(&config, Arc::clone(&store.x402)).map_err(|issues| {
+        config_issues(
+            config_path.as_deref().unwrap_or(Path::new("(config)")),
+            &issues,
+        )
+    })?;
     let config = Arc::new(config);
     let snapshot = Snapshot::compile(Arc::clone(&config)).map_err(|e| {
         eprintln!("tollgate: invalid configuration: {e}");
@@ -72,6 +99,7 @@ pub async fn start(
     let proxy_addr = proxy.local_addr().map_err(|_| ExitCode::from(EXIT_OSERR))?;
     let admin_addr = admin.local_addr().map_err(|_| ExitCode::from(EXIT_OSERR))?;
     let gw = Gateway::new(snapshot, Arc::clone(&store));
+    gw.x402.store(x402.map(Arc::new));
     let shared_cfg = Arc::new(ArcSwap::from(Arc::clone(&config)));
     let token = config.server.admin_token.as_ref().and_then(|t| t.resolve());
     if token.is_none() {
@@ -139,7 +167,7 @@ async fn wait_for(mut rx: watch::Receiver<bool>) {
 
 /// `tollgate serve`.
 pub async fn serve(path: PathBuf) -> ExitCode {
-    let config = match load_config(&path) {
+    let config = match load_config_for_serving(&path) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -265,8 +293,30 @@ fn spawn_reloader(
                 tracing::error!(error = %e, "config reload: cannot apply consumers/keys; keeping the running configuration");
                 continue;
             }
+            let env = cfg.env_issues();
+            if !env.is_empty() {
+                for i in env {
+                    tracing::error!(issue = %i, "config reload: invalid; keeping the running configuration");
+                }
+                continue;
+            }
+            let current = gw.x402.load_full();
+            let x402 = match current {
+                Some(rt) if rt.serves(&cfg) => Some(rt),
+                None if cfg.x402.is_none() => None,
+                _ => match X402Runtime::build(&cfg, Arc::clone(&gw.store.x402)) {
+                    Ok(rt) => rt.map(Arc::new),
+                    Err(issues) => {
+                        for i in issues {
+                            tracing::error!(issue = %i, "config reload: invalid; keeping the running configuration");
+                        }
+                        continue;
+                    }
+                },
+            };
             match Snapshot::compile(Arc::clone(&cfg)) {
                 Ok(s) => {
+                    gw.x402.store(x402);
                     gw.snapshot.store(Arc::new(s));
                     shared.store(cfg);
                     tracing::info!("configuration reloaded");

@@ -12,3 +12,4 @@ mod money;
 mod ops;
 mod pay;
 mod policy;
+mod x402;

@@ -431,3 +431,117 @@ async fn human_action_402s_exit_4_with_the_remedy_and_are_not_retried() {
     })
     .await;
 }
+
+/// `tollgate pay` paying through the real gateway binary (`tollgate serve` with an x402 route
+/// in the config shape of docs/config.md) on the same local chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pay_through_the_gateway_binary() {
+    bounded(180, async {
+        let anvil = anvil().await;
+        let dep = deploy(&anvil.url).await;
+        // nextest runs each test in its own process; the spawned gateway inherits this.
+        std::env::set_var("TOLLGATE_X402_SIGNER_KEY", &dep.settler_key);
+        let mock = testkit::MockUpstream::start_local().await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = crate::harness::base_config(dir.path(), mock.addr());
+        cfg.push_str(&format!(
+            r#"
+[x402]
+[[x402.networks]]
+network = "{network}"
+rpc_url = "{rpc}"
+signer_key_env = "TOLLGATE_X402_SIGNER_KEY"
+
+[[routes]]
+id = "paid"
+path_prefix = "/paid"
+upstream = "mock"
+public = true
+[routes.x402]
+amount = "{PRICE}"
+[[routes.x402.offers]]
+network = "{network}"
+asset = "{token}"
+pay_to = "{pay_to}"
+eip712_name = "{name}"
+eip712_version = "{version}"
+
+[[plans]]
+id = "payg"
+name = "Pay as you go"
+routes = ["*"]
+"#,
+            network = dep.network,
+            rpc = anvil.url,
+            token = dep.token,
+            pay_to = dep.pay_to,
+            name = dep.name,
+            version = dep.version,
+        ));
+        let gw = crate::harness::Gw::start(dir, &cfg);
+        let cfg = ChainConfig {
+            network: dep.network.clone(),
+            rpc_url: anvil.url.clone(),
+            settler_key_env: "UNUSED".into(),
+            receipt_timeout_ms: 15_000,
+            rpc_timeout_ms: 5_000,
+            poll_interval_ms: 20,
+        };
+        let reader: PrivateKeySigner = dep.settler_key.parse().unwrap();
+        let chain = EvmChain::with_signer(&cfg, reader).unwrap();
+        let payer0 = chain.balance_of(dep.token, dep.payer).await.unwrap();
+        let to0 = chain.balance_of(dep.token, dep.pay_to).await.unwrap();
+        let state_dir = tempfile::tempdir().unwrap();
+        let state = state_dir.path().join("spend.json").display().to_string();
+        let token = dep.token.to_string();
+        let url = gw.url("/paid/data");
+        let args = [
+            "pay",
+            &url,
+            "--key-env",
+            "E2E_PAYER_KEY",
+            "--asset",
+            &token,
+            "--network",
+            &dep.network,
+            "--state",
+            &state,
+            "--json",
+        ];
+        let (code, v, stderr) = pay_cmd(&args, &dep.payer_key).await;
+        assert_eq!(code, 0, "{v}\n{stderr}");
+        assert_eq!(v["status"], 200);
+        assert!(
+            v["payment"]["settlement"]["success"].as_bool().unwrap(),
+            "{v}"
+        );
+        assert_eq!(v["payment"]["amount"], PRICE.to_string());
+        assert_eq!(
+            chain.balance_of(dep.token, dep.payer).await.unwrap(),
+            payer0 - U256::from(PRICE)
+        );
+        assert_eq!(
+            chain.balance_of(dep.token, dep.pay_to).await.unwrap(),
+            to0 + U256::from(PRICE)
+        );
+        assert_eq!(
+            mock.calls(),
+            1,
+            "the upstream is called once for one payment"
+        );
+
+        // Above the policy: the gateway's challenge is refused before signing.
+        let (code, v, _) = pay_cmd(
+            &[&args[..], &["--max-per-payment", "9999"]].concat(),
+            &dep.payer_key,
+        )
+        .await;
+        assert_eq!(code, 2, "{v}");
+        assert_eq!(mock.calls(), 1);
+        assert_eq!(
+            chain.balance_of(dep.token, dep.payer).await.unwrap(),
+            payer0 - U256::from(PRICE)
+        );
+    })
+    .await;
+}
