@@ -56,6 +56,7 @@ struct Deployment {
 struct Args {
     deployment: String,
     facilitator: String,
+    gateway: Option<String>,
     lane_seconds: u64,
     lane_max: usize,
     concurrency: usize,
@@ -66,6 +67,7 @@ fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         deployment: String::new(),
         facilitator: String::new(),
+        gateway: None,
         lane_seconds: 20,
         lane_max: 300,
         concurrency: 16,
@@ -78,6 +80,7 @@ fn parse_args() -> Result<Args, String> {
         match k.as_str() {
             "--deployment" => a.deployment = v,
             "--facilitator" => a.facilitator = v,
+            "--gateway" => a.gateway = Some(v),
             "--lane-seconds" => a.lane_seconds = num(&v)? as u64,
             "--lane-max" => a.lane_max = num(&v)?,
             "--concurrency" => a.concurrency = num(&v)?.max(1),
@@ -313,9 +316,8 @@ async fn run() -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     let deadline = Duration::from_secs(args.lane_seconds);
-    let tollgate_work = {
+    let paid_work = |url: String| {
         let http = http.clone();
-        let url = url.clone();
         move |h: String| {
             let http = http.clone();
             let url = url.clone();
@@ -327,15 +329,23 @@ async fn run() -> Result<(), String> {
                     .await
                     .map_err(|e| e.to_string())?;
                 let status = r.status().as_u16();
-                let _ = r.bytes().await;
+                let body = r.bytes().await.unwrap_or_default();
                 if status == 200 {
                     Ok(())
                 } else {
-                    Err(format!("HTTP {status}"))
+                    Err(format!(
+                        "HTTP {status}: {}",
+                        String::from_utf8_lossy(&body[..body.len().min(300)])
+                    ))
                 }
             }
         }
     };
+    let tollgate_work = paid_work(url.clone());
+    let gateway_work = args
+        .gateway
+        .as_ref()
+        .map(|g| paid_work(format!("{}/paid", g.trim_end_matches('/'))));
     let fac = FacilitatorClient::new(&FacilitatorConfig {
         url: args.facilitator.clone(),
         timeout_ms: 30_000,
@@ -364,58 +374,65 @@ async fn run() -> Result<(), String> {
         }
     };
 
+    let report = |what: &str, lane: &str, r: &LaneResult| {
+        say(&format!(
+            "{what} {lane}: {} ok, {} failed in {:.2} s = {:.1} per s{}",
+            r.ok,
+            r.failed,
+            r.secs,
+            r.rps(),
+            r.first_error
+                .as_deref()
+                .map(|e| format!(" (first error: {e})"))
+                .unwrap_or_default()
+        ));
+    };
     let mut rows = Vec::new();
     for (lane, workers) in [("sequential", 1usize), ("concurrent", args.concurrency)] {
+        let g = match &gateway_work {
+            Some(w) => {
+                let q = queues(&route, ours, workers, args.lane_max)?;
+                let g = run_lane(q, deadline, w.clone()).await;
+                report("gateway", lane, &g);
+                Some(g)
+            }
+            None => None,
+        };
         let q = queues(&route, ours, workers, args.lane_max)?;
         let t = run_lane(q, deadline, tollgate_work.clone()).await;
-        say(&format!(
-            "tollgate {lane}: {} ok, {} failed in {:.2} s = {:.1} paid req/s{}",
-            t.ok,
-            t.failed,
-            t.secs,
-            t.rps(),
-            t.first_error
-                .as_deref()
-                .map(|e| format!(" (first error: {e})"))
-                .unwrap_or_default()
-        ));
+        report("paymentgate", lane, &t);
         let q = queues(&route, theirs, workers, args.lane_max)?;
         let f = run_lane(q, deadline, fac_work.clone()).await;
-        say(&format!(
-            "facilitator {lane}: {} ok, {} failed in {:.2} s = {:.1} settled payments/s{}",
-            f.ok,
-            f.failed,
-            f.secs,
-            f.rps(),
-            f.first_error
-                .as_deref()
-                .map(|e| format!(" (first error: {e})"))
-                .unwrap_or_default()
-        ));
-        rows.push((lane, workers, t, f));
+        report("facilitator", lane, &f);
+        rows.push((lane, workers, g, t, f));
     }
-    say("");
-    say("| lane | clients | tollgate paid req/s (ok/failed) | TS facilitator verify+settle/s (ok/failed) | ratio tollgate/TS |");
-    say("|---|---|---|---|---|");
-    for (lane, workers, t, f) in &rows {
-        let ratio = if f.rps() > 0.0 {
-            format!("{:.2}", t.rps() / f.rps())
+    let cell = |r: &LaneResult| format!("{:.1} ({}/{})", r.rps(), r.ok, r.failed);
+    let ratio = |a: &LaneResult, b: &LaneResult| {
+        if b.rps() > 0.0 {
+            format!("{:.2}", a.rps() / b.rps())
         } else {
             "n/a".into()
-        };
+        }
+    };
+    say("");
+    say("| lane | clients | gateway binary paid req/s (ok/failed) | PaymentGate+EvmChain server paid req/s (ok/failed) | TS facilitator verify+settle/s (ok/failed) | ratio gateway/TS | ratio PaymentGate/TS |");
+    say("|---|---|---|---|---|---|---|");
+    for (lane, workers, g, t, f) in &rows {
         say(&format!(
-            "| {lane} | {workers} | {:.1} ({}/{}) | {:.1} ({}/{}) | {ratio} |",
-            t.rps(),
-            t.ok,
-            t.failed,
-            f.rps(),
-            f.ok,
-            f.failed
+            "| {lane} | {workers} | {} | {} | {} | {} | {} |",
+            g.as_ref().map_or("not run".into(), cell),
+            cell(t),
+            cell(f),
+            g.as_ref().map_or("n/a".into(), |g| ratio(g, f)),
+            ratio(t, f)
         ));
     }
     say("");
-    for (lane, _, t, f) in &rows {
-        say(&format!("x402 {lane} tollgate rps: {:.1}", t.rps()));
+    for (lane, _, g, t, f) in &rows {
+        if let Some(g) = g {
+            say(&format!("x402 {lane} gateway rps: {:.1}", g.rps()));
+        }
+        say(&format!("x402 {lane} paymentgate rps: {:.1}", t.rps()));
         say(&format!("x402 {lane} facilitator rps: {:.1}", f.rps()));
     }
     say(&format!("x402 verify p50 us: {p50:.1}"));
