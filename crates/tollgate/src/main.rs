@@ -90,6 +90,9 @@ enum Cmd {
     },
     /// Print the errors reference (docs/errors.md).
     ErrorsDoc,
+    /// Call a URL as a paying client: pay x402 challenges within a spend policy, back off on
+    /// quota 402s, show the remedy of 402s a human must act on.
+    Pay(tollgate_client::cli::PayArgs),
     /// Call the admin API.
     Admin {
         /// Admin API base URL.
@@ -158,6 +161,10 @@ fn main() -> ExitCode {
             } => serve::seed(
                 &config, &tenant, &plan, consumers, &balance, &prefix, &keys_out,
             ),
+            Cmd::Pay(args) => {
+                let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+                ExitCode::from(tollgate_client::cli::run(args, &mut out, &mut err).await)
+            }
             Cmd::ErrorsDoc => {
                 use std::io::Write;
                 let _ = std::io::stdout()

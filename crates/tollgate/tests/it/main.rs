@@ -10,5 +10,6 @@ mod demo;
 mod harness;
 mod money;
 mod ops;
+mod pay;
 mod policy;
 mod x402;
