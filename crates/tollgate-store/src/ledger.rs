@@ -108,7 +108,7 @@ pub struct Counter {
 /// Counters of one consumer or tenant: a handful of current-period accounts, so a vector
 /// (no allocation until first use, linear scan over a few items).
 #[derive(Clone, Debug, Default)]
-pub struct Counters(Vec<(AcctKey, Counter)>);
+pub struct Counters(thin_vec::ThinVec<(AcctKey, Counter)>);
 
 impl Counters {
     /// The counter of `k` (zero when never used).
@@ -207,7 +207,7 @@ pub struct ConsumerState {
     /// Quota and cap counters of the consumer and its keys.
     pub counters: Counters,
     /// In-flight holds.
-    holds: Vec<HoldRec>,
+    holds: thin_vec::ThinVec<HoldRec>,
 }
 
 impl ConsumerState {
@@ -219,7 +219,7 @@ impl ConsumerState {
             balance_debits: 0,
             balance_pending: 0,
             counters: Counters::default(),
-            holds: Vec::new(),
+            holds: thin_vec::ThinVec::new(),
         }
     }
 

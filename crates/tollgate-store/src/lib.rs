@@ -6,6 +6,7 @@ pub mod chargelog;
 pub mod clock;
 pub mod directory;
 pub mod idempotency;
+pub mod index;
 pub mod journal;
 pub mod ledger;
 pub mod x402;
@@ -362,9 +363,7 @@ impl Store {
             state: Mutex::new(ConsumerState::new(sub)),
             rate_tat: AtomicU64::new(0),
         });
-        self.dir
-            .consumers
-            .insert(Arc::clone(&entry.id), Arc::clone(&entry));
+        self.dir.consumers.insert(Arc::clone(&entry));
         Ok(self.consumer_view(&entry))
     }
 
@@ -458,16 +457,14 @@ impl Store {
         let entry = Arc::new(KeyEntry {
             id: id.into(),
             seq,
-            hash,
+            hash: directory::key_digest(&hash),
             consumer: c,
             test,
             expires_at_ms: expires_ms,
             revoked_at_ms: AtomicI64::new(0),
             rate_tat: AtomicU64::new(0),
         });
-        self.dir
-            .keys
-            .insert(Arc::clone(&entry.id), Arc::clone(&entry));
+        self.dir.keys.insert(Arc::clone(&entry));
         Ok(entry)
     }
 
@@ -507,7 +504,6 @@ impl Store {
             .dir
             .keys
             .get(id)
-            .map(|e| Arc::clone(e.value()))
             .ok_or_else(|| StoreError::NotFound(format!("key `{id}`")))?;
         let at = at_ms.unwrap_or_else(|| self.clock.now_ms()).max(1);
         let idc = id.to_string();
@@ -536,7 +532,6 @@ impl Store {
             .dir
             .keys
             .get(id)
-            .map(|e| Arc::clone(e.value()))
             .ok_or_else(|| StoreError::NotFound(format!("key `{id}`")))?;
         if old.revoked_at_ms.load(std::sync::atomic::Ordering::SeqCst) != 0 {
             return Err(StoreError::Conflict(format!("key `{id}` is revoked")));
@@ -592,10 +587,10 @@ impl Store {
         let mut ids: Vec<Arc<ConsumerEntry>> = self
             .dir
             .consumers
-            .iter()
+            .values()
+            .into_iter()
             .filter(|c| tenant.is_none_or(|t| &*c.tenant.id == t))
             .filter(|c| after.is_none_or(|a| &*c.id > a))
-            .map(|c| Arc::clone(c.value()))
             .collect();
         ids.sort_by(|a, b| a.id.cmp(&b.id));
         ids.truncate(limit);
@@ -901,7 +896,7 @@ fn load(
                 state: Mutex::new(state),
                 rate_tat: AtomicU64::new(0),
             });
-            dir.consumers.insert(Arc::clone(&e.id), e);
+            dir.consumers.insert(e);
         }
     }
     {
@@ -917,13 +912,14 @@ fn load(
             let Some(c) = dir.consumer(cid) else {
                 continue;
             };
-            let Ok(h) = <[u8; 32]>::try_from(
+            let Ok(full) = <[u8; 32]>::try_from(
                 r.get_ref(3)?
                     .as_blob()
                     .map_err(|e| StoreError::Sql(e.to_string()))?,
             ) else {
                 continue;
             };
+            let h = directory::key_digest(&full);
             let id = r
                 .get_ref(1)?
                 .as_str()
@@ -945,7 +941,7 @@ fn load(
                 revoked_at_ms: AtomicI64::new(r.get::<_, Option<i64>>(6)?.unwrap_or(0)),
                 rate_tat: AtomicU64::new(0),
             });
-            dir.keys.insert(Arc::clone(&e.id), e);
+            dir.keys.insert(e);
         }
     }
     {
