@@ -557,7 +557,8 @@ async fn official_clients_pay_through_the_binary_and_api_keys_still_work() {
     // A usage event was written per paid request.
     let n: i64 = env
         .gw
-        .db()
+        .db("agent-co")
+        .await
         .query_row(
             "SELECT COUNT(*) FROM usage WHERE route = 'paid' AND charged = 1",
             [],
