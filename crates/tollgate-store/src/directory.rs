@@ -107,7 +107,7 @@ pub struct TenantEntry {
 #[derive(Debug)]
 pub struct ConsumerEntry {
     /// Stable id.
-    pub id: Arc<str>,
+    pub id: compact_str::CompactString,
     /// Numeric id used in account keys.
     pub seq: i64,
     /// Owning tenant.
@@ -122,7 +122,7 @@ pub struct ConsumerEntry {
 #[derive(Debug)]
 pub struct KeyEntry {
     /// The id part of the key.
-    pub id: Arc<str>,
+    pub id: compact_str::CompactString,
     /// Numeric id used in account keys.
     pub seq: i64,
     /// The first 128 bits of the SHA-256 of the whole key string ([`key_digest`]).
