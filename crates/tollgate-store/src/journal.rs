@@ -445,38 +445,11 @@ fn log_loop(
         lsns.clear();
         let first_lsn = log.next_lsn;
         for job in &batch {
-            let lsn = match &job.op {
-                Op::Charge {
-                    usage,
-                    entries,
-                    idem,
-                } => {
-                    chargelog::encode_charge(
-                        &mut buf,
-                        log.next_lsn,
-                        usage,
-                        entries,
-                        idem.as_deref(),
-                    );
-                    log.next_lsn += 1;
-                    log.next_lsn - 1
-                }
-                Op::Entries {
-                    charge_id,
-                    occurred_ms,
-                    entries,
-                } => {
-                    chargelog::encode_entries(
-                        &mut buf,
-                        log.next_lsn,
-                        charge_id,
-                        *occurred_ms,
-                        entries,
-                    );
-                    log.next_lsn += 1;
-                    log.next_lsn - 1
-                }
-                Op::Admin(_) => 0,
+            let lsn = if encode_logged(&mut buf, log.next_lsn, &job.op) {
+                log.next_lsn += 1;
+                log.next_lsn - 1
+            } else {
+                0
             };
             lsns.push(lsn);
         }
@@ -670,7 +643,8 @@ fn project_batch(
                                 }
                             }
                         }
-                        other => apply_logged(&tx, &other, &mut deltas, &mut seq),
+                        // Only admin changes travel as direct; logged ops never do.
+                        _ => Ok(()),
                     }
                 }
                 Projected::Retired(..) => Ok(()),
@@ -746,22 +720,28 @@ fn apply_logged(
     }
 }
 
-/// Keep a logged record the database refused (so it is never lost silently).
-fn reject(tx: &Transaction<'_>, lsn: u64, op: &Op, e: &StoreError) -> Result<(), StoreError> {
-    let mut buf = Vec::new();
+/// Append `op`'s log record to `out`; `false` for changes that are not logged (admin).
+fn encode_logged(out: &mut Vec<u8>, lsn: u64, op: &Op) -> bool {
     match op {
         Op::Charge {
             usage,
             entries,
             idem,
-        } => chargelog::encode_charge(&mut buf, lsn, usage, entries, idem.as_deref()),
+        } => chargelog::encode_charge(out, lsn, usage, entries, idem.as_deref()),
         Op::Entries {
             charge_id,
             occurred_ms,
             entries,
-        } => chargelog::encode_entries(&mut buf, lsn, charge_id, *occurred_ms, entries),
-        Op::Admin(_) => {}
+        } => chargelog::encode_entries(out, lsn, charge_id, *occurred_ms, entries),
+        Op::Admin(_) => return false,
     }
+    true
+}
+
+/// Keep a logged record the database refused (so it is never lost silently).
+fn reject(tx: &Transaction<'_>, lsn: u64, op: &Op, e: &StoreError) -> Result<(), StoreError> {
+    let mut buf = Vec::new();
+    encode_logged(&mut buf, lsn, op);
     tracing::error!(lsn, error = %e, "charge log record refused by the database; kept in log_rejects");
     tx.execute(
         "INSERT INTO log_rejects(lsn, error, record) VALUES(?1, ?2, ?3) ON CONFLICT(lsn) DO NOTHING",
