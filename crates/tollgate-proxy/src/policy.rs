@@ -46,13 +46,13 @@ pub fn check_subscription(sub: &Subscription, now_ms: i64) -> Result<(), Reject>
     };
     match sub.status {
         SubStatus::Active => Ok(()),
-        SubStatus::Trialing => match sub.trial_end_ms {
+        SubStatus::Trialing => match sub.trial_end_ms.get() {
             Some(end) if end <= now_ms => {
                 Err(inactive("trial_ended").detail("trial_ended_at", ms_to_utc(end).to_rfc3339()))
             }
             _ => Ok(()),
         },
-        SubStatus::PastDue => match sub.grace_until_ms {
+        SubStatus::PastDue => match sub.grace_until_ms.get() {
             Some(g) if g > now_ms => Ok(()),
             g => Err(inactive("grace_period_over")
                 .detail_opt("grace_until", g.map(|g| ms_to_utc(g).to_rfc3339()))

@@ -606,8 +606,8 @@ mod tests {
             plan: "p".into(),
             status: SubStatus::Active,
             anchor_ms: 0,
-            trial_end_ms: None,
-            grace_until_ms: None,
+            trial_end_ms: crate::OptMs::NONE,
+            grace_until_ms: crate::OptMs::NONE,
         });
         st.balance_credits = balance;
         Arc::new(ConsumerEntry {

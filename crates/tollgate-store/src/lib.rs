@@ -23,7 +23,7 @@ use tollgate_core::config::{Config, Durability, StoreConfig};
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use directory::{
-    AuthError, ConsumerEntry, Directory, KeyEntry, SubStatus, Subscription, TenantEntry,
+    AuthError, ConsumerEntry, Directory, KeyEntry, OptMs, SubStatus, Subscription, TenantEntry,
 };
 pub use idempotency::{IdemGuard, IdemIndex, IdemLookup, StoredResponse};
 pub use journal::{IdemRecord, Journal, Op, StoreError, UsageRecord};
@@ -353,8 +353,8 @@ impl Store {
             plan: plan.into(),
             status,
             anchor_ms: now,
-            trial_end_ms,
-            grace_until_ms: None,
+            trial_end_ms: trial_end_ms.into(),
+            grace_until_ms: OptMs::NONE,
         };
         let entry = Arc::new(ConsumerEntry {
             id: id.into(),
@@ -376,8 +376,8 @@ impl Store {
             plan: st.sub.plan.to_string(),
             status: st.sub.status.as_str(),
             anchor: rfc3339(st.sub.anchor_ms),
-            trial_end: st.sub.trial_end_ms.map(rfc3339),
-            grace_until: st.sub.grace_until_ms.map(rfc3339),
+            trial_end: st.sub.trial_end_ms.get().map(rfc3339),
+            grace_until: st.sub.grace_until_ms.get().map(rfc3339),
             balance: money(st.posted_balance()),
             pending: money(st.balance_pending),
         }
@@ -405,7 +405,7 @@ impl Store {
             sub.status = s;
         }
         if let Some(g) = grace_until_ms {
-            sub.grace_until_ms = g;
+            sub.grace_until_ms = g.into();
         }
         let now = self.clock.now_ms();
         let (id, s2) = (consumer.to_string(), sub.clone());
@@ -413,7 +413,7 @@ impl Store {
             .admin(move |tx| {
                 tx.execute(
                     "UPDATE consumers SET plan_id=?2, status=?3, grace_until_ms=?4, updated_ms=?5 WHERE id=?1",
-                    params![id, s2.plan.as_ref(), s2.status.as_str(), s2.grace_until_ms, now],
+                    params![id, s2.plan.as_ref(), s2.status.as_str(), s2.grace_until_ms.get(), now],
                 )?;
                 Ok(())
             })
@@ -460,7 +460,7 @@ impl Store {
             hash: directory::key_digest(&hash),
             consumer: c,
             test,
-            expires_at_ms: expires_ms,
+            expires_at_ms: expires_ms.into(),
             revoked_at_ms: AtomicI64::new(0),
             rate_tat: AtomicU64::new(0),
         });
@@ -492,7 +492,7 @@ impl Store {
             name,
             test: e.test,
             created_at: String::new(),
-            expires_at: e.expires_at_ms.map(rfc3339),
+            expires_at: e.expires_at_ms.get().map(rfc3339),
             revoked_at: (rv != 0).then(|| rfc3339(rv)),
         }
     }
@@ -537,7 +537,7 @@ impl Store {
             return Err(StoreError::Conflict(format!("key `{id}` is revoked")));
         }
         let created = self
-            .create_key(&old.consumer.id, None, old.expires_at_ms, old.test)
+            .create_key(&old.consumer.id, None, old.expires_at_ms.get(), old.test)
             .await?;
         self.revoke_key(id, Some(self.clock.now_ms() + overlap_ms.max(0)))
             .await?;
@@ -873,8 +873,8 @@ fn load(
                 plan,
                 status: SubStatus::parse(status).unwrap_or(SubStatus::Suspended),
                 anchor_ms: r.get(5)?,
-                trial_end_ms: r.get(6)?,
-                grace_until_ms: r.get(7)?,
+                trial_end_ms: r.get::<_, Option<i64>>(6)?.into(),
+                grace_until_ms: r.get::<_, Option<i64>>(7)?.into(),
             };
             let mut state = ConsumerState::new(sub);
             state.balance_credits = r.get(8)?;
@@ -937,7 +937,7 @@ fn load(
                 hash: h,
                 consumer: c,
                 test: r.get(4)?,
-                expires_at_ms: r.get(5)?,
+                expires_at_ms: r.get::<_, Option<i64>>(5)?.into(),
                 revoked_at_ms: AtomicI64::new(r.get::<_, Option<i64>>(6)?.unwrap_or(0)),
                 rate_tat: AtomicU64::new(0),
             });
