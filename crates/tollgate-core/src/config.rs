@@ -228,7 +228,7 @@ impl Default for StoreConfig {
 }
 
 /// `[[upstreams]]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Name routes refer to.

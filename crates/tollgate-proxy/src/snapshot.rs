@@ -163,6 +163,8 @@ pub struct Snapshot {
     pub routes: Vec<Arc<Route>>,
     /// Plans by id.
     pub plans: HashMap<String, Arc<Plan>>,
+    /// Upstreams by name.
+    upstreams: HashMap<String, Arc<Upstream>>,
 }
 
 fn compile_upstream(u: &tollgate_core::config::UpstreamConfig) -> Result<Upstream, String> {
@@ -203,9 +205,33 @@ fn compile_upstream(u: &tollgate_core::config::UpstreamConfig) -> Result<Upstrea
 impl Snapshot {
     /// Compile a validated configuration.
     pub fn compile(config: Arc<Config>) -> Result<Snapshot, String> {
+        Snapshot::compile_after(config, None)
+    }
+
+    /// Compile a configuration that replaces `previous` (a reload): an upstream whose settings
+    /// did not change is carried over as it is, with its warm keep-alive pool and its targets'
+    /// failure counts, so a reload neither reconnects to every upstream nor forgets a target it
+    /// is skipping. Changed or new upstreams start fresh; removed ones are dropped once the
+    /// requests still using them finish.
+    pub fn compile_after(
+        config: Arc<Config>,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, String> {
         let mut ups = HashMap::new();
         for u in &config.upstreams {
-            ups.insert(u.name.clone(), Arc::new(compile_upstream(u)?));
+            let kept = previous.and_then(|p| {
+                p.config
+                    .upstreams
+                    .iter()
+                    .any(|old| old == u)
+                    .then(|| p.upstream(&u.name))
+                    .flatten()
+            });
+            let up = match kept {
+                Some(up) => up,
+                None => Arc::new(compile_upstream(u)?),
+            };
+            ups.insert(u.name.clone(), up);
         }
         let mut routes = Vec::new();
         for r in &config.routes {
@@ -268,7 +294,13 @@ impl Snapshot {
             config,
             routes,
             plans,
+            upstreams: ups,
         })
+    }
+
+    /// An upstream by name.
+    pub fn upstream(&self, name: &str) -> Option<Arc<Upstream>> {
+        self.upstreams.get(name).cloned()
     }
 
     /// The route for a request, if any.
@@ -348,5 +380,54 @@ upstream = "a"
             Some("data")
         );
         assert_eq!(id(None, "/other", Method::GET).as_deref(), Some("all"));
+    }
+
+    #[test]
+    fn a_reload_keeps_unchanged_upstreams_and_replaces_changed_ones() {
+        let toml = |b_target: &str| {
+            format!(
+                r#"
+[[upstreams]]
+name = "a"
+targets = ["http://127.0.0.1:1"]
+[[upstreams]]
+name = "b"
+targets = ["{b_target}"]
+[[routes]]
+id = "ra"
+path_prefix = "/a"
+upstream = "a"
+[[routes]]
+id = "rb"
+path_prefix = "/b"
+upstream = "b"
+"#
+            )
+        };
+        let first = Snapshot::compile(Arc::new(
+            Config::from_toml(&toml("http://127.0.0.1:2")).unwrap(),
+        ))
+        .unwrap();
+        let a1 = first.upstream("a").unwrap();
+        let b1 = first.upstream("b").unwrap();
+        // A target that is failing is remembered across the reload.
+        a1.targets[0].fails.store(2, Ordering::Relaxed);
+        let second = Snapshot::compile_after(
+            Arc::new(Config::from_toml(&toml("http://127.0.0.1:3")).unwrap()),
+            Some(&first),
+        )
+        .unwrap();
+        let a2 = second.upstream("a").unwrap();
+        let b2 = second.upstream("b").unwrap();
+        assert!(
+            Arc::ptr_eq(&a1, &a2),
+            "unchanged upstream must be carried over"
+        );
+        assert_eq!(a2.targets[0].fails.load(Ordering::Relaxed), 2);
+        assert!(!Arc::ptr_eq(&b1, &b2), "changed upstream must be rebuilt");
+        assert_eq!(b2.targets[0].authority.as_str(), "127.0.0.1:3");
+        // Routes of the new snapshot point at the carried-over pool.
+        let ra = second.route(None, "/a/x", &Method::GET).unwrap();
+        assert!(Arc::ptr_eq(&ra.upstream, &a1));
     }
 }

@@ -314,7 +314,7 @@ fn spawn_reloader(
                     }
                 },
             };
-            match Snapshot::compile(Arc::clone(&cfg)) {
+            match Snapshot::compile_after(Arc::clone(&cfg), Some(&gw.snapshot.load())) {
                 Ok(s) => {
                     gw.x402.store(x402);
                     gw.snapshot.store(Arc::new(s));
