@@ -14,6 +14,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::oneshot;
 
 use crate::chargelog;
+use crate::clock::{Clock, SystemClock};
 use crate::ledger::{AcctKey, Entry};
 
 /// Failure of the store.
@@ -568,7 +569,23 @@ fn projector_loop(mut conn: Connection, rx: mpsc::Receiver<Projected>) {
             }
         }
         batch.retain(|m| !matches!(m, Projected::Retired(..)));
-        match project_batch(&mut conn, &mut batch, &mut ws, !open) {
+        // The projection is rebuilt from the log after a crash, so its commits need not reach
+        // the disk, with three exceptions: admin changes (the database is their only record),
+        // a commit after which segments are removed, and the last commit before shutdown.
+        let batch_lsn = batch
+            .iter()
+            .filter_map(|m| match m {
+                Projected::Logged(lsn, _) => Some(*lsn),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        let durable = !open
+            || batch.iter().any(|m| matches!(m, Projected::Direct(..)))
+            || retired
+                .iter()
+                .any(|(_, last)| *last <= applied_lsn.max(batch_lsn));
+        match project_batch(&mut conn, &mut batch, &mut ws, !open, durable) {
             Ok(lsn) => {
                 applied_lsn = applied_lsn.max(lsn);
                 retired.retain(|(p, last)| {
@@ -605,7 +622,57 @@ fn project_batch(
     batch: &mut [Projected],
     ws: &mut WriterState,
     last: bool,
+    durable: bool,
 ) -> Result<u64, StoreError> {
+    // `synchronous` applies to the commits that follow; FULL syncs the WAL, and with it every
+    // earlier commit of this connection.
+    conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
+    // First try: every logged record applied without a savepoint each. Should the database
+    // refuse one (it does not in practice), the transaction is rolled back and the batch applied
+    // again record by record, so the refused one can be set aside.
+    let fast = !batch.iter().any(|m| matches!(m, Projected::Direct(..)));
+    if fast {
+        match apply_batch(conn, batch, ws, last, durable, false) {
+            Ok((lsn, _)) => return Ok(lsn),
+            Err(e) => {
+                tracing::warn!(error = %e, "a charge log batch was refused as a whole; applying it record by record");
+            }
+        }
+    }
+    let (outcome, results) = match apply_batch(conn, batch, ws, last, durable, true) {
+        Ok((lsn, results)) => (Ok(lsn), results),
+        Err(e) => (Err(e), Vec::new()),
+    };
+    for (i, m) in batch.iter_mut().enumerate() {
+        if let Projected::Direct(_, done) = m {
+            if let Some(d) = done.take() {
+                let r = match &outcome {
+                    Ok(_) => results.get(i).cloned().unwrap_or(Ok(())),
+                    Err(e) => Err(e.clone()),
+                };
+                if let Err(e) = &r {
+                    tracing::error!(error = %e, "journal write failed");
+                }
+                let _ = d.send(r);
+            }
+        }
+    }
+    outcome
+}
+
+/// One transaction over `batch`. With `careful`, each record gets a savepoint: a logged record
+/// the database refuses goes to `log_rejects` and a failing admin change is undone alone;
+/// without it, any refusal fails the whole transaction (nothing committed, `ws` untouched).
+/// Returns the highest log sequence number applied and each item's own result.
+#[allow(clippy::type_complexity)]
+fn apply_batch(
+    conn: &mut Connection,
+    batch: &mut [Projected],
+    ws: &mut WriterState,
+    last: bool,
+    durable: bool,
+    careful: bool,
+) -> Result<(u64, Vec<Result<(), StoreError>>), StoreError> {
     let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(batch.len());
     let outcome = (|| {
         let tx = conn.transaction()?;
@@ -614,6 +681,11 @@ fn project_batch(
         let mut max_lsn = 0u64;
         for m in batch.iter_mut() {
             let r = match m {
+                Projected::Logged(lsn, op) if !careful => {
+                    max_lsn = max_lsn.max(*lsn);
+                    apply_logged(&tx, op, &mut deltas, &mut seq)?;
+                    Ok(())
+                }
                 Projected::Logged(lsn, op) => {
                     max_lsn = max_lsn.max(*lsn);
                     // A record the database refuses is kept aside rather than retried forever.
@@ -668,6 +740,14 @@ fn project_batch(
                 [(seq - 1).to_string()],
             )?;
         }
+        if durable {
+            // A commit that writes nothing syncs nothing: this row makes sure the WAL, with
+            // every earlier commit in it, reaches the disk before segments are removed.
+            tx.execute(
+                "INSERT INTO meta(k, v) VALUES('synced_ms', ?1) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                [SystemClock.now_ms().to_string()],
+            )?;
+        }
         tx.commit()?;
         ws.next_seq = seq;
         if flush {
@@ -682,21 +762,7 @@ fn project_batch(
         }
         Ok::<u64, StoreError>(max_lsn)
     })();
-    for (i, m) in batch.iter_mut().enumerate() {
-        if let Projected::Direct(_, done) = m {
-            if let Some(d) = done.take() {
-                let r = match &outcome {
-                    Ok(_) => results.get(i).cloned().unwrap_or(Ok(())),
-                    Err(e) => Err(e.clone()),
-                };
-                if let Err(e) = &r {
-                    tracing::error!(error = %e, "journal write failed");
-                }
-                let _ = d.send(r);
-            }
-        }
-    }
-    outcome
+    outcome.map(|lsn| (lsn, results))
 }
 
 fn apply_logged(
