@@ -73,10 +73,15 @@ pub struct ChainConfig {
     /// Timeout of each JSON-RPC request.
     #[serde(default = "default_rpc_timeout_ms")]
     pub rpc_timeout_ms: u64,
-    /// Receipt polling interval.
+    /// Longest pause between two receipt polls (the first pauses are shorter: see
+    /// [`FIRST_RECEIPT_PAUSE`]).
     #[serde(default = "default_poll_interval_ms")]
     pub poll_interval_ms: u64,
 }
+
+/// The first pause between receipt polls; each later one doubles, up to
+/// [`ChainConfig::poll_interval_ms`].
+pub const FIRST_RECEIPT_PAUSE: Duration = Duration::from_millis(5);
 
 fn default_receipt_timeout_ms() -> u64 {
     30_000
@@ -501,8 +506,13 @@ impl EvmChain {
             .map_err(rpc_error)
     }
 
+    /// Polls for the receipt of `hash` until the receipt timeout. The pauses between polls start
+    /// at [`FIRST_RECEIPT_PAUSE`] and double up to the configured poll interval: a receipt that
+    /// is there within milliseconds of the send (a fast chain, a local node) is seen then, not a
+    /// whole interval later, at the cost of a handful of extra polls on a slow chain.
     async fn wait_receipt(&self, hash: B256) -> Result<Option<TransactionReceipt>, ChainError> {
         let deadline = tokio::time::Instant::now() + self.receipt_timeout;
+        let mut pause = FIRST_RECEIPT_PAUSE.min(self.poll_interval);
         loop {
             match self.provider.get_transaction_receipt(hash).await {
                 Ok(Some(r)) => return Ok(Some(r)),
@@ -510,10 +520,11 @@ impl EvmChain {
                 // The transaction is out; a flaky RPC while waiting means "pending", not failure.
                 Err(e) => tracing::warn!(tx = %hash, error = %e, "receipt poll failed"),
             }
-            if tokio::time::Instant::now() + self.poll_interval > deadline {
+            if tokio::time::Instant::now() + pause > deadline {
                 return Ok(None);
             }
-            tokio::time::sleep(self.poll_interval).await;
+            tokio::time::sleep(pause).await;
+            pause = pause.saturating_mul(2).min(self.poll_interval);
         }
     }
 }

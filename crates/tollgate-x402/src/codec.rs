@@ -5,14 +5,18 @@
 //! checked before any allocation), never panics (fuzzed: `fuzz/fuzz_targets/payment_header.rs`),
 //! and says precisely what was wrong.
 
+use alloy::primitives::Bytes;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, Engine, GeneralPurpose, GeneralPurposeConfig};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::network::Network;
 use crate::reason::Reason;
-use crate::wire::{PaymentPayload, PaymentPayloadV1, PaymentPayloadV2, SCHEME_EXACT};
+use crate::wire::{
+    Eip3009Authorization, ExactEvmPayload, JsonObject, PaymentPayload, PaymentPayloadV1,
+    PaymentPayloadV2, PaymentRequirements, ResourceInfo, SCHEME_EXACT,
+};
 
 /// v2 client payment header.
 pub const HEADER_PAYMENT_SIGNATURE: &str = "payment-signature";
@@ -119,14 +123,18 @@ pub fn decode_base64_header(raw: &[u8]) -> Result<Vec<u8>, DecodeError> {
     if trimmed.is_empty() {
         return Err(DecodeError::Empty);
     }
-    let engine = if trimmed.iter().any(|&b| b == b'-' || b == b'_') {
-        &URL_SAFE_TOLERANT
-    } else {
-        &STANDARD_TOLERANT
-    };
-    engine
-        .decode(trimmed)
-        .map_err(|_| DecodeError::MalformedBase64)
+    // Standard alphabet first (what clients send); a header with `-` or `_` cannot decode as
+    // standard base64, so it is tried as URL-safe. Same outcome as choosing the alphabet by
+    // scanning for those bytes first, without the scan on the common path.
+    STANDARD_TOLERANT.decode(trimmed).or_else(|_| {
+        if trimmed.iter().any(|&b| b == b'-' || b == b'_') {
+            URL_SAFE_TOLERANT
+                .decode(trimmed)
+                .map_err(|_| DecodeError::MalformedBase64)
+        } else {
+            Err(DecodeError::MalformedBase64)
+        }
+    })
 }
 
 /// Decodes a `PAYMENT-SIGNATURE` or `X-PAYMENT` header value into a typed payment.
@@ -140,6 +148,88 @@ pub fn decode_payment_header(raw: &[u8]) -> Result<PaymentPayload, DecodeError> 
 
 /// Decodes a payment from its JSON bytes (the body form, or after [`decode_base64_header`]).
 pub fn decode_payment_json(json: &[u8]) -> Result<PaymentPayload, DecodeError> {
+    if let Some(p) = decode_v2_direct(json) {
+        return Ok(PaymentPayload::V2(p));
+    }
+    decode_payment_json_checked(json)
+}
+
+/// The common case in one pass: a well-formed v2 `exact` EIP-3009 payment on an EVM network,
+/// deserialized straight into its types (no intermediate [`Value`] tree). `None` for anything
+/// else — including a duplicate key, which the typed pass refuses while the [`Value`] pass lets
+/// the last one win — and [`decode_payment_json_checked`] then decides, with its precise
+/// errors. Whatever this accepts, that accepts too, with the same result.
+fn decode_v2_direct(json: &[u8]) -> Option<PaymentPayloadV2> {
+    let MapOnly(d) = serde_json::from_slice::<MapOnly<DirectV2>>(json).ok()?;
+    let MapOnly(accepted) = d.accepted;
+    let ok = d.x402_version == 2
+        && accepted.scheme == SCHEME_EXACT
+        && !d.payload.permit2_authorization
+        && accepted.network.eip155_chain_id().is_some();
+    ok.then(|| PaymentPayloadV2 {
+        x402_version: d.x402_version,
+        resource: d.resource,
+        accepted,
+        payload: ExactEvmPayload {
+            signature: d.payload.signature,
+            authorization: d.payload.authorization,
+        },
+        extensions: d.extensions,
+    })
+}
+
+/// [`PaymentPayloadV2`] as [`decode_v2_direct`] reads it: the same fields, plus whether the
+/// payload has a `permit2Authorization` key (the Permit2 transfer method, refused). `accepted`
+/// (like the whole payload) must be a JSON object, as [`decode_payment_json_checked`] requires;
+/// serde would otherwise also read a struct from an array.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DirectV2 {
+    x402_version: u8,
+    #[serde(default)]
+    resource: Option<ResourceInfo>,
+    accepted: MapOnly<PaymentRequirements>,
+    payload: DirectExact,
+    #[serde(default)]
+    extensions: Option<JsonObject>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DirectExact {
+    signature: Bytes,
+    authorization: Eip3009Authorization,
+    #[serde(default, deserialize_with = "key_present")]
+    permit2_authorization: bool,
+}
+
+/// A struct read from a JSON object only (never from an array).
+struct MapOnly<T>(T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for MapOnly<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData)).map(MapOnly)
+    }
+}
+
+/// `true` whenever the key is there, whatever its value (`null` included).
+fn key_present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(d).map(|_| true)
+}
+
+/// Decodes through a [`Value`] tree, checking version, scheme and network before the shape, so
+/// each refusal names what was wrong.
+fn decode_payment_json_checked(json: &[u8]) -> Result<PaymentPayload, DecodeError> {
     let value: Value = serde_json::from_slice(json).map_err(|e| DecodeError::MalformedJson {
         line: e.line(),
         column: e.column(),
@@ -383,6 +473,84 @@ pub(crate) mod tests {
         assert_eq!(back, r);
     }
 
+    #[test]
+    fn one_pass_and_checked_decoding_agree_on_edge_shapes() {
+        let v2: Value = serde_json::from_str(V2).unwrap();
+        let accepted = v2["accepted"].to_string();
+        let payload = v2["payload"].to_string();
+        let as_array = |o: &Value| {
+            Value::Array(o.as_object().unwrap().values().cloned().collect()).to_string()
+        };
+        let docs = [
+            V2.to_owned(),
+            // A duplicate key: the last one wins (the one-pass decoder steps aside).
+            V2.replacen(
+                r#""x402Version":2,"#,
+                r#""x402Version":1,"x402Version":2,"#,
+                1,
+            ),
+            V2.replacen(
+                r#""scheme":"exact","#,
+                r#""scheme":"upto","scheme":"exact","#,
+                1,
+            ),
+            // Structs written as arrays.
+            format!(
+                r#"{{"x402Version":2,"accepted":{},"payload":{payload}}}"#,
+                as_array(&v2["accepted"])
+            ),
+            format!(
+                r#"{{"x402Version":2,"accepted":{accepted},"payload":[{},{}]}}"#,
+                v2["payload"]["signature"], v2["payload"]["authorization"]
+            ),
+            format!(r#"[2,null,{accepted},{payload},null]"#),
+            // Permit2 marker with a null value, v1 number with a v2 shape, a float version.
+            V2.replacen(
+                r#""payload":{"#,
+                r#""payload":{"permit2Authorization":null,"#,
+                1,
+            ),
+            V2.replacen(r#""x402Version":2"#, r#""x402Version":1"#, 1),
+            V2.replacen(r#""x402Version":2"#, r#""x402Version":2.0"#, 1),
+            V2.replacen(r#""eip155:84532""#, r#""eip155:x""#, 1),
+            V2.replacen(
+                r#""extensions":{}"#,
+                r#""extensions":null,"resource":null"#,
+                1,
+            ),
+        ];
+        for doc in &docs {
+            let (fast, checked) = (
+                decode_payment_json(doc.as_bytes()),
+                decode_payment_json_checked(doc.as_bytes()),
+            );
+            assert_eq!(fast, checked, "{doc}");
+        }
+        for i in [0, 4, 10] {
+            assert!(
+                decode_v2_direct(docs[i].as_bytes()).is_some(),
+                "{}",
+                docs[i]
+            );
+        }
+        for i in [1, 2, 3, 5, 6, 7, 8, 9] {
+            assert!(
+                decode_v2_direct(docs[i].as_bytes()).is_none(),
+                "{}",
+                docs[i]
+            );
+        }
+        assert!(decode_payment_json(docs[1].as_bytes()).is_ok());
+        assert!(matches!(
+            decode_payment_json(docs[3].as_bytes()),
+            Err(DecodeError::MalformedPayload(_))
+        ));
+        assert!(matches!(
+            decode_payment_json(docs[6].as_bytes()),
+            Err(DecodeError::UnsupportedScheme(_))
+        ));
+    }
+
     mod never_panics {
         //! The decoder over thousands of random and mutated inputs (the stable-toolchain
         //! counterpart of `fuzz/fuzz_targets/payment_header.rs`).
@@ -390,6 +558,13 @@ pub(crate) mod tests {
         use proptest::prelude::*;
 
         fn check(bytes: &[u8]) {
+            if let Ok(json) = decode_base64_header(bytes) {
+                // The one-pass decoder and the checked one agree on everything.
+                assert_eq!(
+                    decode_payment_json(&json),
+                    decode_payment_json_checked(&json)
+                );
+            }
             match decode_payment_header(bytes) {
                 Ok(p) => {
                     // Whatever decodes must re-encode and decode to the same value.

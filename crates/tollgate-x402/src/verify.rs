@@ -684,6 +684,87 @@ mod tests {
         assert!(set_sig(sig.as_erc2098().to_vec()).is_ok());
     }
 
+    /// Recovery runs on libsecp256k1 (alloy-primitives' `secp256k1` feature); the pure-Rust
+    /// k256 recovery that alloy also carries must agree with it, key by key.
+    #[test]
+    fn libsecp256k1_recovery_agrees_with_k256_on_random_keys() {
+        use alloy::signers::SignerSync;
+        let k256_address = |sig: &Signature, digest: &B256| {
+            sig.recover_from_prehash(digest)
+                .ok()
+                .map(|vk| Address::from_public_key(&vk))
+        };
+        let r = route();
+        for i in 0..200u8 {
+            let signer = PrivateKeySigner::random();
+            let digest = keccak256([i; 32]);
+            let sig = signer.sign_hash_sync(&digest).unwrap();
+            let parsed = parse_signature(&sig.as_bytes()).unwrap();
+            let ours = parsed.recover_address_from_prehash(&digest).ok();
+            assert_eq!(ours, Some(signer.address()));
+            assert_eq!(k256_address(&parsed, &digest), ours);
+            // The other parity recovers someone else, on both backends alike.
+            let flipped = Signature::new(parsed.r(), parsed.s(), !parsed.v());
+            let other = flipped.recover_address_from_prehash(&digest).ok();
+            assert_ne!(other, Some(signer.address()));
+            assert_eq!(k256_address(&flipped, &digest), other);
+            // A whole payment by this key verifies and names it.
+            let terms = AuthorizationTerms::for_offer(&r.offers[1], NOW, B256::repeat_byte(i));
+            let p = sign_exact_payment(&signer, &r.offers[1], &terms).unwrap();
+            assert_eq!(verify_exact(&r, &p, NOW).unwrap().payer, signer.address());
+        }
+        // Arbitrary (r, s, parity): both backends recover the same address, or both fail
+        // (r not the x of a curve point, or out of range).
+        let mut seed = keccak256(b"tollgate recovery cross-check");
+        let mut agreed_on_some = 0;
+        for _ in 0..300 {
+            let r_bytes = keccak256(seed);
+            let s_bytes = keccak256(r_bytes);
+            seed = s_bytes;
+            let sig = Signature::new(
+                U256::from_be_bytes(r_bytes.0),
+                U256::from_be_bytes(s_bytes.0),
+                seed.0[0] & 1 == 1,
+            );
+            let digest = keccak256(seed);
+            let ours = sig.recover_address_from_prehash(&digest).ok();
+            assert_eq!(ours, k256_address(&sig, &digest), "{sig:?}");
+            agreed_on_some += usize::from(ours.is_some());
+        }
+        assert!(agreed_on_some > 100, "{agreed_on_some}");
+    }
+
+    #[test]
+    fn rejects_high_s_and_bad_v_for_any_key() {
+        let n = alloy::primitives::uint!(
+            0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141_U256
+        );
+        for i in 0..50u8 {
+            let (signer, p) = signed(|t| t.nonce = B256::repeat_byte(i));
+            let good = p.exact().signature.to_vec();
+            let sig = Signature::from_raw(&good).unwrap();
+            // The malleable twin (n - s, other parity) recovers the same key, but is refused.
+            let twin = Signature::new(sig.r(), n - sig.s(), !sig.v());
+            assert_eq!(
+                twin.recover_address_from_prehash(&verify_exact(&route(), &p, NOW).unwrap().digest)
+                    .ok(),
+                Some(signer.address())
+            );
+            assert!(matches!(
+                parse_signature(&twin.as_bytes()),
+                Err(VerifyError::MalformedSignature(_))
+            ));
+            for v in [2u8, 3, 26, 29, 30, 255] {
+                let mut bad = good.clone();
+                bad[64] = v;
+                assert!(matches!(
+                    parse_signature(&bad),
+                    Err(VerifyError::MalformedSignature(_))
+                ));
+            }
+        }
+    }
+
     #[test]
     fn contract_wallet_path_checks_terms_but_defers_the_signature() {
         let (_, mut p) = signed(|_| {});

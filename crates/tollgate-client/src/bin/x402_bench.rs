@@ -3,7 +3,9 @@
 //! ```text
 //! tollgate-x402-bench --deployment deploy.json --facilitator http://127.0.0.1:P \
 //!     [--lane-seconds 20] [--lane-max 300] [--concurrency 16] [--verify-count 20000]
+//! tollgate-x402-bench --verify-only [--verify-count 20000]
 //! ```
+//! `--verify-only` runs measurement 1 alone, on a synthetic offer (no chain, no deployment).
 //! `deploy.json` is the output of `tools/x402-e2e/deploy.mjs <rpc> --payers N` (N ≥ concurrency).
 //! Measures, on the chain the deployment names:
 //! 1. local verification latency: header decode + EIP-712 signature recovery + every check of
@@ -61,6 +63,7 @@ struct Args {
     lane_max: usize,
     concurrency: usize,
     verify_count: usize,
+    verify_only: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -72,9 +75,14 @@ fn parse_args() -> Result<Args, String> {
         lane_max: 300,
         concurrency: 16,
         verify_count: 20_000,
+        verify_only: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(k) = it.next() {
+        if k == "--verify-only" {
+            a.verify_only = true;
+            continue;
+        }
         let v = it.next().ok_or_else(|| format!("{k} needs a value"))?;
         let num = |v: &str| v.parse::<usize>().map_err(|e| format!("{k}: {e}"));
         match k.as_str() {
@@ -88,8 +96,8 @@ fn parse_args() -> Result<Args, String> {
             _ => return Err(format!("unknown argument {k}")),
         }
     }
-    if a.deployment.is_empty() || a.facilitator.is_empty() {
-        return Err("usage: tollgate-x402-bench --deployment FILE --facilitator URL [--lane-seconds N] [--lane-max N] [--concurrency N] [--verify-count N]".into());
+    if !a.verify_only && (a.deployment.is_empty() || a.facilitator.is_empty()) {
+        return Err("usage: tollgate-x402-bench --deployment FILE --facilitator URL [--lane-seconds N] [--lane-max N] [--concurrency N] [--verify-count N]\n       tollgate-x402-bench --verify-only [--verify-count N]".into());
     }
     Ok(a)
 }
@@ -239,8 +247,68 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
+/// Local verification latency over `count` payments signed beforehand (signing and key
+/// generation are not timed): a warm-up pass over up to 2,000 of them, untimed, then each one
+/// timed alone (`decode_payment_header` + `verify_exact`). Returns (p50, p99) in µs.
+fn measure_verify(
+    route: &PricedRoute,
+    signer: &PrivateKeySigner,
+    count: usize,
+) -> Result<(f64, f64), String> {
+    let headers = presign(route, signer, count)?;
+    let now = SystemClock.now_unix();
+    let verify = |h: &str| -> Result<(), String> {
+        let p = decode_payment_header(h.as_bytes()).map_err(|e| e.to_string())?;
+        let v = verify_exact(route, &p, now).map_err(|e| e.to_string())?;
+        std::hint::black_box(v);
+        Ok(())
+    };
+    for h in headers.iter().take(2_000) {
+        verify(h)?;
+    }
+    let mut lat = Vec::with_capacity(headers.len());
+    for h in &headers {
+        let t = Instant::now();
+        verify(std::hint::black_box(h))?;
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    lat.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&lat, 50.0), percentile(&lat, 99.0));
+    say(&format!(
+        "verify: {} payments, p50 {:.1} us, p99 {:.1} us, max {:.1} us",
+        lat.len(),
+        p50,
+        p99,
+        lat.last().copied().unwrap_or_default()
+    ));
+    Ok((p50, p99))
+}
+
+/// `--verify-only`: measurement 1 alone, on a synthetic offer (chain 31337, FiatTokenV2_2's
+/// EIP-712 domain name and version) with a fresh key; nothing else is started.
+fn run_verify_only(count: usize) -> Result<(), String> {
+    let dep = Deployment {
+        rpc_url: String::new(),
+        network: "eip155:31337".into(),
+        token: Address::repeat_byte(0x5f),
+        name: "USD Coin".into(),
+        version: "2".into(),
+        payers: Vec::new(),
+        pay_to: Address::repeat_byte(0x20),
+        settler_key: String::new(),
+    };
+    let route = route(&dep)?;
+    let (p50, p99) = measure_verify(&route, &PrivateKeySigner::random(), count)?;
+    say(&format!("x402 verify p50 us: {p50:.1}"));
+    say(&format!("x402 verify p99 us: {p99:.1}"));
+    Ok(())
+}
+
 async fn run() -> Result<(), String> {
     let args = parse_args()?;
+    if args.verify_only {
+        return run_verify_only(args.verify_count);
+    }
     let dep: Deployment = serde_json::from_slice(
         &std::fs::read(&args.deployment).map_err(|e| format!("{}: {e}", args.deployment))?,
     )
@@ -261,26 +329,7 @@ async fn run() -> Result<(), String> {
     let (ours, theirs) = signers.split_at(signers.len() / 2);
 
     // 1. Local verification latency.
-    let headers = presign(&route, &signers[0], args.verify_count)?;
-    let now = SystemClock.now_unix();
-    let mut lat = Vec::with_capacity(headers.len());
-    for h in &headers {
-        let t = Instant::now();
-        let p = decode_payment_header(h.as_bytes()).map_err(|e| e.to_string())?;
-        let v = verify_exact(&route, &p, now).map_err(|e| e.to_string())?;
-        let el = t.elapsed();
-        std::hint::black_box(v);
-        lat.push(el.as_secs_f64() * 1e6);
-    }
-    lat.sort_by(f64::total_cmp);
-    let (p50, p99) = (percentile(&lat, 50.0), percentile(&lat, 99.0));
-    say(&format!(
-        "verify: {} payments, p50 {:.1} us, p99 {:.1} us, max {:.1} us",
-        lat.len(),
-        p50,
-        p99,
-        lat.last().copied().unwrap_or_default()
-    ));
+    let (p50, p99) = measure_verify(&route, &signers[0], args.verify_count)?;
 
     // 2. tollgate: PaidServer (PaymentGate settle-first + EvmChain) on the chain.
     let cfg = ChainConfig {
