@@ -50,6 +50,33 @@ fn charge(i: u64, consumer_seq: i64) -> (UsageRecord, Vec<Entry>) {
     (u, vec![e])
 }
 
+/// A store with tenant `t` and consumer `c` holding a balance of 1.00.
+async fn store_with_consumer(cfg: &StoreConfig) -> Store {
+    let store = Store::open(cfg, Arc::new(SystemClock)).unwrap();
+    store
+        .upsert_tenant(
+            tollgate_store::TenantView {
+                id: "t".into(),
+                name: "T".into(),
+                contact_email: None,
+                upgrade_url: None,
+                top_up_url: None,
+            },
+            "api",
+        )
+        .await
+        .unwrap();
+    store
+        .create_consumer("c", "t", None, "p", SubStatus::Active, None, "api")
+        .await
+        .unwrap();
+    store
+        .adjust_balance("c", 1_000_000, "seed", "topup")
+        .await
+        .unwrap();
+    store
+}
+
 fn count(path: &std::path::Path, sql: &str) -> i64 {
     let c = rusqlite::Connection::open(path).unwrap();
     c.query_row(sql, [], |r| r.get(0)).unwrap()
@@ -62,28 +89,7 @@ async fn records_the_database_missed_are_applied_once_on_open() {
     let db = std::path::PathBuf::from(&cfg.path);
     // A first open creates the database and a consumer with a balance.
     {
-        let store = Store::open(&cfg, Arc::new(SystemClock)).unwrap();
-        store
-            .upsert_tenant(
-                tollgate_store::TenantView {
-                    id: "t".into(),
-                    name: "T".into(),
-                    contact_email: None,
-                    upgrade_url: None,
-                    top_up_url: None,
-                },
-                "api",
-            )
-            .await
-            .unwrap();
-        store
-            .create_consumer("c", "t", None, "p", SubStatus::Active, None, "api")
-            .await
-            .unwrap();
-        store
-            .adjust_balance("c", 1_000_000, "seed", "topup")
-            .await
-            .unwrap();
+        let store = store_with_consumer(&cfg).await;
         store.journal.flush().await.unwrap();
     }
     let seq = count(&db, "SELECT seq FROM consumers WHERE id = 'c'");
@@ -142,28 +148,7 @@ async fn a_refused_record_is_set_aside_and_the_rest_of_its_batch_applies() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = cfg(dir.path());
     let db = std::path::PathBuf::from(&cfg.path);
-    let store = Store::open(&cfg, Arc::new(SystemClock)).unwrap();
-    store
-        .upsert_tenant(
-            tollgate_store::TenantView {
-                id: "t".into(),
-                name: "T".into(),
-                contact_email: None,
-                upgrade_url: None,
-                top_up_url: None,
-            },
-            "api",
-        )
-        .await
-        .unwrap();
-    store
-        .create_consumer("c", "t", None, "p", SubStatus::Active, None, "api")
-        .await
-        .unwrap();
-    store
-        .adjust_balance("c", 1_000_000, "seed", "topup")
-        .await
-        .unwrap();
+    let store = store_with_consumer(&cfg).await;
     let seq = store.dir.consumer("c").unwrap().seq;
     let op = |i: u64, amount: i64| {
         let (u, mut e) = charge(i, seq);
