@@ -3,119 +3,21 @@
 //! `tollgate_x402::PaymentGate` + `EvmChain` (settle-first). Missing tools make these tests FAIL
 //! (run `tools/x402-e2e/setup.sh`), never skip.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::primitives::{Address, U256};
 use alloy::signers::local::PrivateKeySigner;
-use serde::Deserialize;
 use serde_json::Value;
-use tokio::process::{Child, Command};
+use testkit::chain::{deploy, Anvil, Deployment};
+use tokio::process::Command;
 use tollgate_client::paid_server::PaidServer;
 use tollgate_x402::chain::{ChainConfig, EvmChain};
 use tollgate_x402::price::{NetworkOffer, RoutePrice};
 use tollgate_x402::{InMemoryPaymentStore, PaymentGate, SingleFlight, SystemClock, TokenAmount};
 
 const PRICE: u64 = 10_000;
-
-fn tools_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/x402-e2e")
-}
-
-fn require(path: PathBuf, what: &str) -> PathBuf {
-    assert!(
-        path.exists(),
-        "{what} not found at {} — run tools/x402-e2e/setup.sh first",
-        path.display()
-    );
-    path
-}
-
-struct Anvil {
-    _child: Child,
-    url: String,
-}
-
-async fn anvil() -> Anvil {
-    let bin = require(tools_dir().join("node_modules/.bin/anvil"), "anvil");
-    for _ in 0..5 {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut child = Command::new(&bin)
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--silent",
-            ])
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn anvil");
-        let url = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
-        let body = serde_json::json!({"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]});
-        for _ in 0..400 {
-            if child.try_wait().unwrap().is_some() {
-                break;
-            }
-            let ok = http
-                .post(&url)
-                .json(&body)
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ok {
-                return Anvil { _child: child, url };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    panic!("anvil did not start");
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Deployment {
-    network: String,
-    token: Address,
-    name: String,
-    version: String,
-    payer: Address,
-    payer_key: String,
-    pay_to: Address,
-    settler_key: String,
-}
-
-async fn deploy(rpc: &str) -> Deployment {
-    let script = require(tools_dir().join("deploy.mjs"), "deploy.mjs");
-    require(tools_dir().join("node_modules/viem"), "node_modules (viem)");
-    let out = tokio::time::timeout(
-        Duration::from_secs(90),
-        Command::new("node")
-            .arg(script)
-            .arg(rpc)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("deploy.mjs timed out")
-    .expect("run node deploy.mjs (is node installed?)");
-    assert!(
-        out.status.success(),
-        "deploy.mjs failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("deploy.mjs printed JSON")
-}
 
 /// Anvil, the token, a chain client and a paid server selling `/paid` for [`PRICE`].
 struct World {
@@ -127,7 +29,7 @@ struct World {
 
 impl World {
     async fn start() -> World {
-        let anvil = anvil().await;
+        let anvil = Anvil::start(&[]).await;
         let dep = deploy(&anvil.url).await;
         let cfg = ChainConfig {
             network: dep.network.clone(),
@@ -370,21 +272,23 @@ async fn human_action_402s_exit_4_with_the_remedy_and_are_not_retried() {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("s.json").display().to_string();
         let key = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+        let pay_json = |url: String| {
+            let state = state.clone();
+            async move {
+                let args = [
+                    "pay",
+                    &url,
+                    "--key-env",
+                    "E2E_PAYER_KEY",
+                    "--state",
+                    &state,
+                    "--json",
+                ];
+                pay_cmd(&args, key).await
+            }
+        };
 
-        let url = format!("{}/topup", srv.url);
-        let (code, v, stderr) = pay_cmd(
-            &[
-                "pay",
-                &url,
-                "--key-env",
-                "E2E_PAYER_KEY",
-                "--state",
-                &state,
-                "--json",
-            ],
-            key,
-        )
-        .await;
+        let (code, v, stderr) = pay_json(format!("{}/topup", srv.url)).await;
         assert_eq!(code, 4, "{v}\n{stderr}");
         assert_eq!(v["error"]["kind"], "human_action");
         assert_eq!(v["error"]["remedy_url"], "https://portal.example/top-up");
@@ -395,20 +299,7 @@ async fn human_action_402s_exit_4_with_the_remedy_and_are_not_retried() {
         );
 
         // A monthly quota resetting in a day: not slept through, reported with its remedy.
-        let url = format!("{}/quota-monthly", srv.url);
-        let (code, v, stderr) = pay_cmd(
-            &[
-                "pay",
-                &url,
-                "--key-env",
-                "E2E_PAYER_KEY",
-                "--state",
-                &state,
-                "--json",
-            ],
-            key,
-        )
-        .await;
+        let (code, v, stderr) = pay_json(format!("{}/quota-monthly", srv.url)).await;
         assert_eq!(code, 4, "{v}\n{stderr}");
         assert_eq!(v["error"]["kind"], "gave_up_waiting");
         assert!(
@@ -437,7 +328,7 @@ async fn human_action_402s_exit_4_with_the_remedy_and_are_not_retried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pay_through_the_gateway_binary() {
     bounded(180, async {
-        let anvil = anvil().await;
+        let anvil = Anvil::start(&[]).await;
         let dep = deploy(&anvil.url).await;
         // nextest runs each test in its own process; the spawned gateway inherits this.
         std::env::set_var("TOLLGATE_X402_SIGNER_KEY", &dep.settler_key);

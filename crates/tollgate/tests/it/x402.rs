@@ -4,17 +4,15 @@
 //! tweaked to be refused. Missing tools make these tests FAIL (run `tools/x402-e2e/setup.sh`,
 //! which `scripts/test` does), never skip.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use serde::Deserialize;
 use serde_json::{json, Value};
+use testkit::chain::{deploy, require, tools_dir, Anvil, Deployment};
 use testkit::MockUpstream;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tollgate_x402::alloy::primitives::{keccak256, Address, B256, U256};
 use tollgate_x402::alloy::signers::local::PrivateKeySigner;
 use tollgate_x402::client::{sign_exact_payment, AuthorizationTerms};
@@ -27,108 +25,6 @@ use crate::harness::{base_config, json, Gw, TOKEN};
 
 const PRICE: u128 = 10_000;
 const SIGNER_ENV: &str = "TOLLGATE_X402_SIGNER_KEY";
-
-fn tools_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/x402-e2e")
-}
-
-fn require(path: PathBuf, what: &str) -> PathBuf {
-    assert!(
-        path.exists(),
-        "{what} not found at {} — run tools/x402-e2e/setup.sh first",
-        path.display()
-    );
-    path
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A running anvil, killed on drop.
-struct Anvil {
-    _child: Child,
-    url: String,
-}
-
-impl Anvil {
-    async fn start() -> Anvil {
-        let bin = require(tools_dir().join("node_modules/.bin/anvil"), "anvil");
-        for _ in 0..5 {
-            let port = free_port();
-            let mut child = Command::new(&bin)
-                .args([
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    &port.to_string(),
-                    "--silent",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("spawn anvil");
-            let url = format!("http://127.0.0.1:{port}");
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-            let mut ready = false;
-            while tokio::time::Instant::now() < deadline {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                if rpc(&url, "eth_chainId", json!([])).await.is_some() {
-                    ready = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            if ready {
-                return Anvil { _child: child, url };
-            }
-        }
-        panic!("anvil failed to start on 5 different ports");
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Deployment {
-    network: String,
-    token: Address,
-    name: String,
-    version: String,
-    payer: Address,
-    payer_key: String,
-    poor_payer_key: String,
-    pay_to: Address,
-    settler_key: String,
-}
-
-async fn deploy(rpc_url: &str) -> Deployment {
-    let script = require(tools_dir().join("deploy.mjs"), "deploy.mjs");
-    require(tools_dir().join("node_modules/viem"), "node_modules (viem)");
-    let out = tokio::time::timeout(
-        Duration::from_secs(90),
-        Command::new("node")
-            .arg(script)
-            .arg(rpc_url)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("deploy.mjs timed out")
-    .expect("run node deploy.mjs (is node installed?)");
-    assert!(
-        out.status.success(),
-        "deploy.mjs failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("deploy.mjs printed JSON")
-}
 
 /// One JSON-RPC call; `None` when the node cannot be reached or answers an error.
 async fn rpc(url: &str, method: &str, params: Value) -> Option<Value> {
@@ -287,7 +183,7 @@ struct Env {
 
 impl Env {
     async fn start() -> Env {
-        let anvil = Anvil::start().await;
+        let anvil = Anvil::start(&[]).await;
         let dep = deploy(&anvil.url).await;
         // Each test is its own process under nextest; the spawned gateway inherits this.
         std::env::set_var(SIGNER_ENV, &dep.settler_key);
@@ -315,17 +211,11 @@ impl Env {
     }
 
     fn header(&self, n: u64) -> String {
-        encode_payment_header(&self.sign(&self.dep.payer_key, &self.terms(n))).unwrap()
+        payment_header(&self.dep, &self.route, n)
     }
 
     async fn pay(&self, path: &str, header: &str) -> reqwest::Response {
-        self.gw
-            .http
-            .get(self.gw.url(path))
-            .header("PAYMENT-SIGNATURE", header)
-            .send()
-            .await
-            .unwrap()
+        get_paid(&self.gw, path, "PAYMENT-SIGNATURE", header).await
     }
 
     async fn pay_to_balance(&self) -> U256 {
@@ -335,6 +225,23 @@ impl Env {
     async fn payer_balance(&self) -> U256 {
         balance(&self.anvil.url, self.dep.token, self.dep.payer).await
     }
+}
+
+/// The payer's signed authorization for `route`'s first offer with nonce `n`, as a header value.
+fn payment_header(dep: &Deployment, route: &PricedRoute, n: u64) -> String {
+    let signer: PrivateKeySigner = dep.payer_key.parse().unwrap();
+    let t = AuthorizationTerms::for_offer(&route.offers[0], SystemClock.now_unix(), nonce(n));
+    encode_payment_header(&sign_exact_payment(&signer, &route.offers[0], &t).unwrap()).unwrap()
+}
+
+/// `GET path` with the payment in header `name` (`PAYMENT-SIGNATURE` or v1's `X-PAYMENT`).
+async fn get_paid(gw: &Gw, path: &str, name: &str, value: &str) -> reqwest::Response {
+    gw.http
+        .get(gw.url(path))
+        .header(name, value)
+        .send()
+        .await
+        .unwrap()
 }
 
 fn decode_b64_json(s: &str) -> Value {
@@ -919,19 +826,9 @@ async fn unreachable_rpc_is_503_with_retry_after_and_nothing_charged() {
     let closed = format!("http://{}", testkit::refused_addr());
     let cfg = config(dir.path(), &mock, &closed, &dep);
     let gw = Gw::start(dir, &cfg);
-    let route = priced(&dep);
-    let signer: PrivateKeySigner = dep.payer_key.parse().unwrap();
-    let t = AuthorizationTerms::for_offer(&route.offers[0], SystemClock.now_unix(), nonce(1));
-    let h =
-        encode_payment_header(&sign_exact_payment(&signer, &route.offers[0], &t).unwrap()).unwrap();
+    let h = payment_header(&dep, &priced(&dep), 1);
     for _ in 0..2 {
-        let r = gw
-            .http
-            .get(gw.url("/paid"))
-            .header("X-PAYMENT", &h)
-            .send()
-            .await
-            .unwrap();
+        let r = get_paid(&gw, "/paid", "X-PAYMENT", &h).await;
         assert_eq!(r.status(), 503);
         assert!(r.headers().contains_key("retry-after"));
         assert!(
@@ -956,7 +853,7 @@ async fn unreachable_rpc_is_503_with_retry_after_and_nothing_charged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_settlement_without_receipt_is_503_pending_never_a_fresh_402() {
-    let anvil = Anvil::start().await;
+    let anvil = Anvil::start(&[]).await;
     let dep = deploy(&anvil.url).await;
     std::env::set_var(SIGNER_ENV, &dep.settler_key);
     let mock = MockUpstream::start_local().await.unwrap();
@@ -970,20 +867,10 @@ async fn a_settlement_without_receipt_is_503_pending_never_a_fresh_402() {
     rpc(&anvil.url, "evm_setAutomine", json!([false]))
         .await
         .expect("evm_setAutomine");
-    let route = priced(&dep);
-    let signer: PrivateKeySigner = dep.payer_key.parse().unwrap();
-    let t = AuthorizationTerms::for_offer(&route.offers[0], SystemClock.now_unix(), nonce(1));
-    let h =
-        encode_payment_header(&sign_exact_payment(&signer, &route.offers[0], &t).unwrap()).unwrap();
+    let h = payment_header(&dep, &priced(&dep), 1);
     let mut tx = String::new();
     for _ in 0..2 {
-        let r = gw
-            .http
-            .get(gw.url("/paid"))
-            .header("PAYMENT-SIGNATURE", &h)
-            .send()
-            .await
-            .unwrap();
+        let r = get_paid(&gw, "/paid", "PAYMENT-SIGNATURE", &h).await;
         assert_eq!(r.status(), 503);
         assert!(r.headers().contains_key("retry-after"));
         assert!(
@@ -1054,11 +941,11 @@ fn offline_deployment() -> Deployment {
         version: "2".into(),
         payer: Address::ZERO,
         payer_key: "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d".into(),
-        poor_payer_key: String::new(),
         pay_to: "0x209693Bc6afc0C5328bA36FaF03C514EF312287C"
             .parse()
             .unwrap(),
         settler_key: "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a".into(),
+        ..Deployment::default()
     }
 }
 
@@ -1146,7 +1033,7 @@ async fn config_errors_exit_64_with_key_paths_and_prices_follow_reloads() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settles_through_the_official_facilitator_when_configured() {
-    let anvil = Anvil::start().await;
+    let anvil = Anvil::start(&[]).await;
     let dep = deploy(&anvil.url).await;
     let script = require(tools_dir().join("facilitator.mjs"), "facilitator.mjs");
     let mut fac = Command::new("node")
