@@ -219,14 +219,9 @@ impl Snapshot {
     ) -> Result<Snapshot, String> {
         let mut ups = HashMap::new();
         for u in &config.upstreams {
-            let kept = previous.and_then(|p| {
-                p.config
-                    .upstreams
-                    .iter()
-                    .any(|old| old == u)
-                    .then(|| p.upstream(&u.name))
-                    .flatten()
-            });
+            let kept = previous
+                .filter(|p| p.config.upstreams.contains(u))
+                .and_then(|p| p.upstream(&u.name));
             let up = match kept {
                 Some(up) => up,
                 None => Arc::new(compile_upstream(u)?),
