@@ -245,10 +245,7 @@ impl Gateway {
                     host.as_deref(),
                 )
                 .await?;
-            let mut r = resp.map(|b| {
-                b.map_err(|e| Box::new(e) as crate::respond::BoxError)
-                    .boxed()
-            });
+            let mut r = resp.map(crate::respond::streamed);
             strip_hop_by_hop(r.headers_mut());
             return Ok(r);
         }
@@ -606,10 +603,7 @@ impl Gateway {
         if status.is_server_error() && !store_cfg.charge_server_errors {
             drop(adm.hold.take());
             self.record_uncharged(&adm, rid, route, status.as_u16(), now_ms);
-            let mut r = resp.map(|b| {
-                b.map_err(|e| Box::new(e) as crate::respond::BoxError)
-                    .boxed()
-            });
+            let mut r = resp.map(crate::respond::streamed);
             r.headers_mut()
                 .insert(X_COST.clone(), HeaderValue::from_static("0.00"));
             strip_hop_by_hop(r.headers_mut());
@@ -624,9 +618,7 @@ impl Gateway {
             .and_then(|s| s.parse::<u64>().ok());
         // With an Idempotency-Key the response is kept to replay it, so read it first.
         let mut kept: Option<Option<Bytes>> = None;
-        let mut body: Body = incoming
-            .map_err(|e| Box::new(e) as crate::respond::BoxError)
-            .boxed();
+        let mut body = crate::respond::streamed(incoming);
         if adm.idem.is_some() {
             let (k, b) = crate::body::keep_prefix(body, store_cfg.idempotency_max_body_bytes).await;
             kept = Some(k);

@@ -18,6 +18,11 @@ pub fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never| match never {}).boxed()
 }
 
+/// An upstream response body, streamed on as the gateway's body type.
+pub fn streamed(b: hyper::body::Incoming) -> Body {
+    b.map_err(|e| Box::new(e) as BoxError).boxed()
+}
+
 /// An error the gateway answers with.
 #[derive(Debug, Clone)]
 pub struct Reject {

@@ -17,7 +17,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -876,9 +875,7 @@ impl Gateway {
         let (mut head, incoming) = resp.into_parts();
         strip_hop_by_hop(&mut head.headers);
         let status = head.status.as_u16();
-        let mut body: Body = incoming
-            .map_err(|e| Box::new(e) as crate::respond::BoxError)
-            .boxed();
+        let mut body = crate::respond::streamed(incoming);
         let charged = paid.version != 0;
         if charged {
             if let Some((k, v)) = settlement_header(&paid.response, paid.version) {
