@@ -162,19 +162,12 @@ CREATE TABLE IF NOT EXISTS entries(
   seq INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY(charge_id, leg)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entries_seq ON entries(seq);
--- A consumer's statement: the legs that touch its prepaid balance (kind 1), newest first.
-CREATE INDEX IF NOT EXISTS entries_balance_debits ON entries(debit_owner, created_ms)
-  WHERE debit_kind = 1;
-CREATE INDEX IF NOT EXISTS entries_balance_credits ON entries(credit_owner, created_ms)
-  WHERE credit_kind = 1;
 CREATE TABLE IF NOT EXISTS usage(
   charge_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, tenant_seq INTEGER NOT NULL,
   consumer_seq INTEGER NOT NULL, key_id TEXT, route TEXT NOT NULL, status INTEGER NOT NULL,
   requests INTEGER NOT NULL, bytes INTEGER NOT NULL, cost INTEGER NOT NULL,
   charged INTEGER NOT NULL, occurred_ms INTEGER NOT NULL) WITHOUT ROWID;
--- Usage of one consumer over a period.
-DROP INDEX IF EXISTS usage_time;
-CREATE INDEX IF NOT EXISTS usage_consumer_time ON usage(consumer_seq, occurred_ms);
+CREATE INDEX IF NOT EXISTS usage_time ON usage(occurred_ms);
 CREATE TABLE IF NOT EXISTS log_rejects(
   lsn INTEGER PRIMARY KEY, error TEXT NOT NULL, record BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS idempotency(

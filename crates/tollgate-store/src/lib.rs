@@ -674,15 +674,8 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(format!("consumer `{consumer}`")))?;
         let conn = self.reader.lock();
         let mut st = conn.prepare(
-            // Each half walks its partial index newest first; the merge keeps the newest.
-            "SELECT leg, kind, is_debit, amount, charge_id, created_ms FROM (
-               SELECT * FROM (SELECT leg, kind, 1 AS is_debit, amount, charge_id, created_ms
-                 FROM entries WHERE debit_kind = 1 AND debit_owner = ?1
-                 ORDER BY created_ms DESC LIMIT ?2)
-               UNION ALL
-               SELECT * FROM (SELECT leg, kind, 0 AS is_debit, amount, charge_id, created_ms
-                 FROM entries WHERE credit_kind = 1 AND credit_owner = ?1
-                 ORDER BY created_ms DESC LIMIT ?2))
+            "SELECT leg, kind, debit_kind = 1 AND debit_owner = ?1, amount, charge_id, created_ms FROM entries
+             WHERE (debit_kind = 1 AND debit_owner = ?1) OR (credit_kind = 1 AND credit_owner = ?1)
              ORDER BY created_ms DESC LIMIT ?2",
         )?;
         let rows = st.query_map(params![c.seq, limit as i64], |r| {
