@@ -12,10 +12,19 @@
 //! the checksum over the payload. Payload: `[lsn: u64][tag: u8][body]`. A record that is
 //! short, fails its checksum or does not decode ends the segment: it was being written when
 //! the process died, so its batch was never acknowledged.
+//!
+//! Prefilled segments: once the log sees steady traffic, the next segment is written out in
+//! full (magic, then zeros to [`SEGMENT_BYTES`]) and synced by a background thread before it
+//! is needed, then renamed into place. Appends to such a segment overwrite blocks the file
+//! already has, so each `fdatasync` writes the data alone; an append that grows the file also
+//! commits the file system's journal for the new size, which is what makes the tail of
+//! fdatasync latency (and of every strict-mode response) long. A zero frame header marks the
+//! end of the written part of a prefilled segment.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 use crate::journal::{IdemRecord, StoreError, UsageRecord};
 use crate::ledger::{AcctKey, AcctKind, Entry};
@@ -24,6 +33,11 @@ use crate::ledger::{AcctKey, AcctKind, Entry};
 pub const MAGIC: &[u8; 8] = b"TGCLOG01";
 /// A segment is closed and a new one started past this size.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
+/// A spare (prefilled) segment is prepared once the current segment holds this much, so a
+/// quiet log (a test, an idle gateway) never writes one.
+const PREPARE_AFTER: u64 = 1 << 20;
+/// Name of the segment being prefilled; it becomes a segment by a rename.
+const SPARE_NAME: &str = "next.spare";
 /// The largest record accepted when reading (a larger length is damage).
 const MAX_RECORD: usize = 64 << 20;
 
@@ -345,6 +359,10 @@ pub fn read_segment(buf: &[u8]) -> (Vec<(u64, Record)>, Option<DamageAt>) {
         }
         let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
         let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+        if len == 0 && crc == 0 {
+            // The unwritten (zero-filled) rest of a prefilled segment.
+            break;
+        }
         if len == 0 || len > MAX_RECORD || rest.len() - 8 < len {
             return (out, Some((pos, Damaged("truncated record"))));
         }
@@ -415,6 +433,10 @@ pub struct LogWriter {
     path: PathBuf,
     bytes: u64,
     segno: u64,
+    /// The current segment was prefilled: appends overwrite, `fdatasync` writes data only.
+    prefilled: bool,
+    /// The next segment, being prefilled by a background thread.
+    spare: Option<JoinHandle<std::io::Result<File>>>,
     /// Next sequence number to hand out.
     pub next_lsn: u64,
 }
@@ -424,6 +446,13 @@ impl LogWriter {
     /// `next_lsn`.
     pub fn create(dir: &Path, next_lsn: u64) -> Result<LogWriter, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
+        // A spare left by an earlier run may be incomplete: it is made again when needed.
+        let spare = dir.join(SPARE_NAME);
+        match std::fs::remove_file(&spare) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io("cannot remove", &spare, e)),
+        }
         let segno = segments(dir)?
             .last()
             .and_then(|p| p.file_stem()?.to_str()?.parse::<u64>().ok())
@@ -435,6 +464,8 @@ impl LogWriter {
             path,
             bytes: MAGIC.len() as u64,
             segno,
+            prefilled: false,
+            spare: None,
             next_lsn,
         })
     }
@@ -451,6 +482,32 @@ impl LogWriter {
             .map_err(|e| io("cannot write", &path, e))?;
         sync_dir(dir)?;
         Ok((file, path))
+    }
+
+    /// Write the spare segment in full and sync it; the returned file is positioned after
+    /// the magic.
+    fn prefill(path: &Path) -> std::io::Result<File> {
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(path)?;
+        let zeros = vec![0u8; 1 << 20];
+        file.write_all(MAGIC)?;
+        let mut left = SEGMENT_BYTES - MAGIC.len() as u64;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            file.write_all(&zeros[..n])?;
+            left -= n as u64;
+        }
+        file.sync_all()?;
+        file.seek(SeekFrom::Start(MAGIC.len() as u64))?;
+        Ok(file)
+    }
+
+    /// Whether the current segment is prefilled (for tests and diagnostics).
+    pub fn prefilled(&self) -> bool {
+        self.prefilled
     }
 
     /// Append `buf` (whole framed records) and make it durable. On failure nothing of `buf`
@@ -480,6 +537,7 @@ impl LogWriter {
                         self.file = file;
                         self.path = path;
                         self.bytes = MAGIC.len() as u64;
+                        self.prefilled = false;
                     }
                     Err(e2) => tracing::error!(error = %e2, "no new charge log segment"),
                 }
@@ -488,21 +546,89 @@ impl LogWriter {
         }
     }
 
-    /// When the segment is full: sync it, start the next one, and return the path of the
-    /// closed one together with the last sequence number it holds.
+    /// Called after each batch. When the segment is full, or when a prefilled spare is ready
+    /// while the segment is not prefilled: sync the segment, start the next one, and return
+    /// the path of the closed one together with the last sequence number it holds. Starts
+    /// prefilling a spare when the log is busy enough to need one; never waits for it.
     pub fn rotate_if_full(&mut self) -> Result<Option<(PathBuf, u64)>, StoreError> {
-        if self.bytes < SEGMENT_BYTES {
+        if self.spare.is_none() && (self.prefilled || self.bytes >= PREPARE_AFTER) {
+            let path = self.dir.join(SPARE_NAME);
+            match std::thread::Builder::new()
+                .name("tollgate-prefill".into())
+                .spawn(move || Self::prefill(&path))
+            {
+                Ok(h) => self.spare = Some(h),
+                Err(e) => tracing::warn!(error = %e, "charge log prefill thread not started"),
+            }
+        }
+        let spare_ready = self.spare.as_ref().is_some_and(JoinHandle::is_finished);
+        let full = self.bytes >= SEGMENT_BYTES;
+        let upgrade = spare_ready && !self.prefilled;
+        if !full && !upgrade {
             return Ok(None);
         }
         self.file
             .sync_data()
             .map_err(|e| io("cannot sync", &self.path, e))?;
-        let (file, path) = Self::new_segment(&self.dir, self.segno + 1)?;
-        self.segno += 1;
+        let segno = self.segno + 1;
+        let next = if spare_ready {
+            self.take_spare(segno)
+        } else {
+            None
+        };
+        let (file, path, prefilled) = match next {
+            Some((file, path)) => (file, path, true),
+            None => {
+                let (file, path) = Self::new_segment(&self.dir, segno)?;
+                (file, path, false)
+            }
+        };
+        self.segno = segno;
         let old = std::mem::replace(&mut self.path, path);
         self.file = file;
         self.bytes = MAGIC.len() as u64;
+        self.prefilled = prefilled;
         Ok(Some((old, self.next_lsn - 1)))
+    }
+
+    /// The finished spare, renamed into place as segment `segno`; `None` (logged) when it
+    /// could not be made, and a plain segment is started instead.
+    fn take_spare(&mut self, segno: u64) -> Option<(File, PathBuf)> {
+        let handle = self.spare.take()?;
+        let spare = self.dir.join(SPARE_NAME);
+        let file = match handle.join() {
+            Ok(Ok(file)) => file,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "charge log segment could not be prefilled; appending instead");
+                let _ = std::fs::remove_file(&spare);
+                return None;
+            }
+            Err(_) => {
+                tracing::error!("charge log prefill thread panicked");
+                return None;
+            }
+        };
+        let path = self.dir.join(segment_name(segno));
+        let renamed = std::fs::rename(&spare, &path)
+            .map_err(|e| io("cannot rename", &spare, e))
+            .and_then(|()| sync_dir(&self.dir));
+        match renamed {
+            Ok(()) => Some((file, path)),
+            Err(e) => {
+                tracing::warn!(error = %e, "prefilled charge log segment not used");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        // A spare still being written is finished first, so a writer opened next on the same
+        // directory never meets a half-written one under the same name.
+        if let Some(h) = self.spare.take() {
+            let _ = h.join();
+        }
     }
 }
 
@@ -634,6 +760,65 @@ mod tests {
         assert_eq!(max, 3);
         assert_eq!(recs.iter().map(|r| r.0).collect::<Vec<_>>(), vec![2, 3]);
         assert_eq!(w.rotate_if_full().unwrap(), None);
+    }
+
+    #[test]
+    fn a_busy_log_moves_to_prefilled_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("db-log");
+        let mut w = LogWriter::create(&d, 1).unwrap();
+        let big = "x".repeat(60_000);
+        let mut expect = Vec::new();
+        let write = |w: &mut LogWriter, expect: &mut Vec<u64>| {
+            let mut b = Vec::new();
+            encode_entries(&mut b, w.next_lsn, &big, 0, &[entry(0, 1)]);
+            expect.push(w.next_lsn);
+            w.next_lsn += 1;
+            w.append(&b, true).unwrap();
+        };
+        for _ in 0..20 {
+            write(&mut w, &mut expect);
+        }
+        assert!(!w.prefilled());
+        // Past PREPARE_AFTER a spare is being prefilled; the writer switches once it is ready.
+        let mut rotated = None;
+        for _ in 0..500 {
+            rotated = w.rotate_if_full().unwrap();
+            if rotated.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let (old, last) = rotated.expect("the prefilled spare was never taken");
+        assert_eq!(last, 20);
+        assert!(w.prefilled());
+        let segs = segments(&d).unwrap();
+        assert_eq!(segs.len(), 2, "{segs:?}");
+        assert_eq!(segs[0], old);
+        assert_eq!(std::fs::metadata(&segs[1]).unwrap().len(), SEGMENT_BYTES);
+        for _ in 0..5 {
+            write(&mut w, &mut expect);
+        }
+        // The file did not grow: the appends overwrote the zeros.
+        assert_eq!(std::fs::metadata(&segs[1]).unwrap().len(), SEGMENT_BYTES);
+        let (recs, max) = read_after(&d, 0).unwrap();
+        assert_eq!(max, 25);
+        assert_eq!(recs.iter().map(|r| r.0).collect::<Vec<_>>(), expect);
+        // Its zero tail is a clean end, not damage.
+        let (_, damage) = read_segment(&std::fs::read(&segs[1]).unwrap());
+        assert_eq!(damage, None);
+        // A torn record before the zeros ends the segment at that record.
+        let mut torn = std::fs::read(&segs[1]).unwrap();
+        let (five, _) = read_segment(&torn);
+        let mut b = Vec::new();
+        encode_entries(&mut b, 26, "torn", 0, &[entry(0, 1)]);
+        let at = w.bytes as usize;
+        let half = b.len() / 2;
+        torn[at..at + half].copy_from_slice(&b[..half]);
+        let (recs, damage) = read_segment(&torn);
+        assert_eq!(recs.len(), 5);
+        assert!(recs == five, "the records before the torn one are intact");
+        assert_eq!(damage.map(|d| d.0), Some(at));
     }
 
     proptest! {
