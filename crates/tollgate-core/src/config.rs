@@ -164,6 +164,18 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: u64,
     /// Currency of all money amounts (ISO code).
     pub currency: String,
+    /// Proxy worker threads, each with its own event loop, listener socket and upstream
+    /// connection pools; `None` = one per CPU. Takes effect on restart.
+    pub workers: Option<usize>,
+}
+
+impl ServerConfig {
+    /// The number of proxy worker threads to run: `workers`, or one per available CPU.
+    pub fn worker_threads(&self) -> usize {
+        self.workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+            .max(1)
+    }
 }
 
 impl Default for ServerConfig {
@@ -177,6 +189,7 @@ impl Default for ServerConfig {
             docs_url: "/_tollgate/errors".into(),
             shutdown_grace_secs: 10,
             currency: "USD".into(),
+            workers: None,
         }
     }
 }
@@ -542,6 +555,14 @@ impl Config {
                 "server.max_header_bytes".into(),
                 "must be at least 1024".into(),
             );
+        }
+        if let Some(w) = s.workers {
+            if !(1..=1024).contains(&w) {
+                push(
+                    "server.workers".into(),
+                    "must be between 1 and 1024 (leave it out for one per CPU)".into(),
+                );
+            }
         }
         if s.currency.len() != 3 || !s.currency.bytes().all(|b| b.is_ascii_uppercase()) {
             push(

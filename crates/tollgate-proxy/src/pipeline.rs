@@ -534,7 +534,7 @@ impl Gateway {
                 host,
                 &up.targets[idx].authority,
             );
-            let res = tokio::time::timeout(up.request_timeout, up.client.request(out)).await;
+            let res = tokio::time::timeout(up.request_timeout, up.client().request(out)).await;
             match res {
                 Ok(Ok(resp)) => {
                     up.report(idx, !resp.status().is_server_error(), now_ms);

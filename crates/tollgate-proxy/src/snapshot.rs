@@ -43,11 +43,17 @@ pub struct Upstream {
     pub request_timeout: Duration,
     failure_threshold: u32,
     cooldown_ms: i64,
-    /// Keep-alive connection pool to the targets.
-    pub client: Client<HttpConnector, Body>,
+    /// Keep-alive connection pools to the targets, one per proxy worker, so an upstream
+    /// connection is driven by the thread whose requests use it.
+    clients: Box<[Client<HttpConnector, Body>]>,
 }
 
 impl Upstream {
+    /// This worker's connection pool ([`crate::server::worker_index`]).
+    pub fn client(&self) -> &Client<HttpConnector, Body> {
+        &self.clients[crate::server::worker_index() % self.clients.len()]
+    }
+
     /// Pick the next healthy target (or, when all are cooling down, the next one anyway).
     pub fn pick(&self, now_ms: i64) -> usize {
         let n = self.targets.len();
@@ -167,7 +173,10 @@ pub struct Snapshot {
     upstreams: HashMap<String, Arc<Upstream>>,
 }
 
-fn compile_upstream(u: &tollgate_core::config::UpstreamConfig) -> Result<Upstream, String> {
+fn compile_upstream(
+    u: &tollgate_core::config::UpstreamConfig,
+    workers: usize,
+) -> Result<Upstream, String> {
     let mut targets = Vec::new();
     for t in &u.targets {
         let base: Uri = t.parse().map_err(|e| format!("upstream {}: {e}", u.name))?;
@@ -186,12 +195,16 @@ fn compile_upstream(u: &tollgate_core::config::UpstreamConfig) -> Result<Upstrea
     conn.set_nodelay(true);
     conn.set_connect_timeout(Some(Duration::from_millis(u.connect_timeout_ms)));
     conn.set_keepalive(Some(Duration::from_secs(60)));
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .build(conn);
+    let clients = (0..workers.max(1))
+        .map(|_| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(1024)
+                .build(conn.clone())
+        })
+        .collect();
     Ok(Upstream {
-        client,
+        clients,
         name: u.name.clone(),
         targets,
         next: AtomicUsize::new(0),
@@ -224,7 +237,7 @@ impl Snapshot {
                 .and_then(|p| p.upstream(&u.name));
             let up = match kept {
                 Some(up) => up,
-                None => Arc::new(compile_upstream(u)?),
+                None => Arc::new(compile_upstream(u, config.server.worker_threads())?),
             };
             ups.insert(u.name.clone(), up);
         }

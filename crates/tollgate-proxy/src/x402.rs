@@ -87,6 +87,10 @@ pub struct X402Runtime {
     /// Durable payment records.
     pub store: Arc<SqlitePaymentStore>,
     networks: Vec<X402NetworkConfig>,
+    /// The runtime settlements run on: the one `build` was called on (the gateway's main
+    /// runtime), which outlives the proxy workers, so a settlement whose request went away
+    /// still finishes and is recorded during shutdown.
+    background: Option<tokio::runtime::Handle>,
 }
 
 impl std::fmt::Debug for X402Runtime {
@@ -196,6 +200,7 @@ impl X402Runtime {
             settlers,
             store,
             networks: x.networks.clone(),
+            background: tokio::runtime::Handle::try_current().ok(),
         }))
     }
 
@@ -773,7 +778,7 @@ impl Gateway {
         // On its own task: a client disconnect must not leave a half-known payment behind.
         let settlers = Arc::clone(&rt.settlers);
         let store = Arc::clone(&rt.store);
-        let task = tokio::spawn(async move {
+        let settle = async move {
             let result = settlers.settle(&job).await;
             let next = match &result {
                 Ok(SettleOutcome::Settled { tx }) => PaymentState::Settled { tx: tx.clone() },
@@ -787,7 +792,11 @@ impl Gateway {
                 tracing::error!(error = %e, "could not record x402 settlement outcome");
             }
             result
-        });
+        };
+        let task = match &rt.background {
+            Some(h) => h.spawn(settle),
+            None => tokio::spawn(settle),
+        };
         match task.await {
             Ok(Ok(SettleOutcome::Settled { tx })) => Ok((
                 resp,

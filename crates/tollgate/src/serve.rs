@@ -94,9 +94,16 @@ pub async fn start(
         eprintln!("tollgate: invalid configuration: {e}");
         ExitCode::from(EXIT_CONFIG)
     })?;
-    let proxy = bind(&config.server.listen).await?;
+    let workers = config.server.worker_threads();
+    let proxy =
+        tollgate_proxy::server::bind_listeners(&config.server.listen, workers).map_err(|e| {
+            eprintln!("tollgate: cannot listen on {}: {e}", config.server.listen);
+            ExitCode::from(EXIT_OSERR)
+        })?;
     let admin = bind(&config.server.admin_listen).await?;
-    let proxy_addr = proxy.local_addr().map_err(|_| ExitCode::from(EXIT_OSERR))?;
+    let proxy_addr = proxy[0]
+        .local_addr()
+        .map_err(|_| ExitCode::from(EXIT_OSERR))?;
     let admin_addr = admin.local_addr().map_err(|_| ExitCode::from(EXIT_OSERR))?;
     let gw = Gateway::new(snapshot, Arc::clone(&store));
     gw.x402.store(x402.map(Arc::new));
@@ -128,18 +135,20 @@ pub async fn start(
         );
     }
     let grace = Duration::from_secs(config.server.shutdown_grace_secs);
-    let s1 = wait_for(shutdown.clone());
+    let proxy_stopped = tollgate_proxy::server::spawn_workers(proxy, gw, shutdown.clone(), grace)
+        .map_err(|e| {
+        eprintln!("tollgate: cannot start the proxy workers: {e}");
+        ExitCode::from(EXIT_OSERR)
+    })?;
     let s2 = wait_for(shutdown);
-    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, "tollgate listening");
+    tracing::info!(proxy = %proxy_addr, admin = %admin_addr, workers, "tollgate listening");
     let done = tokio::spawn(async move {
         let admin_task = tokio::spawn(async move {
             if let Err(e) = tollgate_admin::serve(admin, admin_state, s2).await {
                 tracing::error!(error = %e, "admin server failed");
             }
         });
-        if let Err(e) = tollgate_proxy::server::run(proxy, gw, s1, grace).await {
-            tracing::error!(error = %e, "proxy server failed");
-        }
+        proxy_stopped.await;
         let _ = admin_task.await;
     });
     Ok(Running {
