@@ -234,15 +234,17 @@ impl Journal {
             .name("tollgate-checkpoint".into())
             .spawn(move || checkpoint_loop(checkpoint_conn, weak))
             .map_err(|e| StoreError::Sql(format!("cannot start checkpoint thread: {e}")))?;
-        let (ptx, prx) = mpsc::channel::<Projected>();
-        thread::Builder::new()
+        let (ptx, prx) = mpsc::channel::<Vec<Projected>>();
+        let projector = thread::Builder::new()
             .name("tollgate-projector".into())
             .spawn(move || projector_loop(conn, prx))
-            .map_err(|e| StoreError::Sql(format!("cannot start projector thread: {e}")))?;
+            .map_err(|e| StoreError::Sql(format!("cannot start projector thread: {e}")))?
+            .thread()
+            .clone();
         let (tx, rx) = mpsc::channel::<Job>();
         thread::Builder::new()
             .name("tollgate-journal".into())
-            .spawn(move || log_loop(log, rx, ptx, strict))
+            .spawn(move || log_loop(log, rx, ptx, projector, strict))
             .map_err(|e| StoreError::Sql(format!("cannot start writer thread: {e}")))?;
         Ok(Journal { tx, _alive: alive })
     }
@@ -421,11 +423,14 @@ enum Projected {
 
 /// The log writer: takes whatever has queued, appends the charges among it to the log with
 /// one `fdatasync` for the lot, answers their callers, and passes everything on to the
-/// projector in order.
+/// projector in order, as one message per batch. The projector sleeps between its
+/// transactions; the writer wakes it early only for a change whose caller waits on the
+/// database commit.
 fn log_loop(
     mut log: chargelog::LogWriter,
     rx: mpsc::Receiver<Job>,
-    ptx: mpsc::Sender<Projected>,
+    ptx: mpsc::Sender<Vec<Projected>>,
+    projector: thread::Thread,
     strict: bool,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
@@ -470,8 +475,11 @@ fn log_loop(
             // Nothing of this batch is durable: its numbers are handed out again.
             log.next_lsn = first_lsn;
         }
+        let mut out: Vec<Projected> = Vec::with_capacity(batch.len() + 1);
+        let mut wake = false;
         for (job, lsn) in batch.drain(..).zip(lsns.iter().copied()) {
             let msg = if lsn == 0 {
+                wake |= job.done.is_some();
                 Projected::Direct(job.op, job.done)
             } else {
                 if let Some(d) = job.done {
@@ -482,33 +490,39 @@ fn log_loop(
                 }
                 Projected::Logged(lsn, job.op)
             };
-            if ptx.send(msg).is_err() {
-                tracing::error!("journal projector stopped");
-            }
+            out.push(msg);
         }
         match log.rotate_if_full() {
-            Ok(Some((path, last))) => {
-                let _ = ptx.send(Projected::Retired(path, last));
-            }
+            Ok(Some((path, last))) => out.push(Projected::Retired(path, last)),
             Ok(None) => {}
             Err(e) => tracing::error!(error = %e, "charge log segment could not be rotated"),
         }
+        if !out.is_empty() && ptx.send(out).is_err() {
+            tracing::error!("journal projector stopped");
+        }
+        if wake {
+            projector.unpark();
+        }
     }
+    // The projector sees the channel close at its next wake-up; make that now.
+    drop(ptx);
+    projector.unpark();
     if let Err(e) = log.append(&[], true) {
         tracing::error!(error = %e, "charge log could not be synced at stop");
     }
     tracing::debug!("charge log writer stopped");
 }
 
-/// Records applied per database transaction at most.
+/// Records applied per database transaction (about: whole writer batches are taken).
 const PROJECT_MAX: usize = 32_768;
 /// How long logged records may wait before they are applied.
 const PROJECT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// The projector: applies the log to SQLite in large transactions (one every
 /// [`PROJECT_EVERY`], or at once when a caller waits on a direct change), records in
-/// `meta.log_lsn` how far it got, and removes segments that are fully applied.
-fn projector_loop(mut conn: Connection, rx: mpsc::Receiver<Projected>) {
+/// `meta.log_lsn` how far it got, and removes segments that are fully applied. Between
+/// transactions it sleeps (parked) rather than waking for every batch the writer sends.
+fn projector_loop(mut conn: Connection, rx: mpsc::Receiver<Vec<Projected>>) {
     let next_seq = conn
         .query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM entries", [], |r| {
             r.get::<_, i64>(0)
@@ -523,44 +537,46 @@ fn projector_loop(mut conn: Connection, rx: mpsc::Receiver<Projected>) {
     let mut retired: Vec<(std::path::PathBuf, u64)> = Vec::new();
     let mut applied_lsn: u64 = 0;
     let mut open = true;
+    let waits = |ms: &[Projected]| {
+        ms.iter()
+            .any(|m| matches!(m, Projected::Direct(_, Some(_))))
+    };
     while open {
+        let mut waiting = waits(&pending);
         if pending.is_empty() {
             match rx.recv() {
-                Ok(m) => pending.push(m),
+                Ok(v) => {
+                    waiting = waits(&v);
+                    pending.extend(v);
+                }
                 Err(_) => break,
             }
         }
         let deadline = std::time::Instant::now() + PROJECT_EVERY;
         loop {
-            let waiting = pending
-                .iter()
-                .any(|m| matches!(m, Projected::Direct(_, Some(_))));
-            if waiting || pending.len() >= PROJECT_MAX {
-                // Take what is already queued, without waiting for more.
-                while pending.len() < PROJECT_MAX {
-                    match rx.try_recv() {
-                        Ok(m) => pending.push(m),
-                        Err(mpsc::TryRecvError::Empty) => break,
-                        Err(mpsc::TryRecvError::Disconnected) => {
-                            open = false;
-                            break;
-                        }
+            // Take what has queued, without waiting for more.
+            loop {
+                match rx.try_recv() {
+                    Ok(v) => {
+                        waiting |= waits(&v);
+                        pending.extend(v);
+                    }
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
                     }
                 }
+            }
+            if !open || waiting || pending.len() >= PROJECT_MAX {
                 break;
             }
             let now = std::time::Instant::now();
             if now >= deadline {
                 break;
             }
-            match rx.recv_timeout(deadline - now) {
-                Ok(m) => pending.push(m),
-                Err(mpsc::RecvTimeoutError::Timeout) => break,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    open = false;
-                    break;
-                }
-            }
+            // The writer unparks this thread for a waiting caller and at stop.
+            thread::park_timeout(deadline - now);
         }
         let mut batch = std::mem::take(&mut pending);
         for m in &mut batch {
