@@ -4,7 +4,7 @@
 //! actual amounts and releases the rest, and a sweeper releases holds past their expiry.
 //! Postings become balanced [`Entry`] values with deterministic ids for the journal.
 
-use std::collections::VecDeque;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -256,6 +256,8 @@ struct HoldRec {
 #[derive(Debug)]
 pub struct Hold {
     id: u64,
+    /// When the sweeper releases it (its key in the expiry index, with `id`).
+    expires_ms: i64,
     consumer: Arc<ConsumerEntry>,
     spec: ReserveSpec,
     ledger: Arc<LedgerShared>,
@@ -286,7 +288,9 @@ pub struct Posting {
     pub legs_after: Vec<i64>,
 }
 
-struct ExpiryShard(Mutex<VecDeque<(i64, u64, Weak<ConsumerEntry>)>>);
+/// Pending holds by (expiry, id). A hold leaves its shard when it is settled or dropped, so
+/// the index holds only what is in flight; the sweeper takes expired ones from the front.
+struct ExpiryShard(Mutex<BTreeMap<(i64, u64), Weak<ConsumerEntry>>>);
 
 /// Shared ledger machinery: hold ids, expiry queue, gauges.
 pub struct LedgerShared {
@@ -313,7 +317,7 @@ impl LedgerShared {
             next_hold: AtomicU64::new(1),
             ttl_ms,
             shards: (0..SHARDS)
-                .map(|_| ExpiryShard(Mutex::new(VecDeque::new())))
+                .map(|_| ExpiryShard(Mutex::new(BTreeMap::new())))
                 .collect(),
             pending_holds: AtomicI64::new(0),
         })
@@ -359,18 +363,32 @@ impl LedgerShared {
             });
         }
         self.pending_holds.fetch_add(1, Ordering::Relaxed);
-        let shard = &self.shards[(id as usize) % SHARDS];
-        shard
-            .0
+        let expires_ms = now_ms + self.ttl_ms;
+        self.shard(id)
             .lock()
-            .push_back((now_ms + self.ttl_ms, id, Arc::downgrade(consumer)));
+            .insert((expires_ms, id), Arc::downgrade(consumer));
         Ok(Hold {
             id,
+            expires_ms,
             consumer: Arc::clone(consumer),
             spec,
             ledger: Arc::clone(self),
             done: false,
         })
+    }
+
+    fn shard(&self, id: u64) -> &Mutex<BTreeMap<(i64, u64), Weak<ConsumerEntry>>> {
+        &self.shards[(id as usize) % SHARDS].0
+    }
+
+    /// Take a settled or dropped hold out of the expiry index.
+    fn forget(&self, id: u64, expires_ms: i64) {
+        self.shard(id).lock().remove(&(expires_ms, id));
+    }
+
+    /// Holds in the expiry index (in flight, not yet swept).
+    pub fn expiry_len(&self) -> usize {
+        self.shards.iter().map(|s| s.0.lock().len()).sum()
     }
 
     /// Release every hold whose expiry is at or before `now_ms`; returns how many.
@@ -380,12 +398,12 @@ impl LedgerShared {
             loop {
                 let item = {
                     let mut q = shard.0.lock();
-                    match q.front() {
-                        Some((exp, _, _)) if *exp <= now_ms => q.pop_front(),
+                    match q.first_key_value() {
+                        Some((&(exp, _), _)) if exp <= now_ms => q.pop_first(),
                         _ => None,
                     }
                 };
-                let Some((_, id, weak)) = item else { break };
+                let Some(((_, id), weak)) = item else { break };
                 if let Some(c) = weak.upgrade() {
                     if release_hold(&c, id) {
                         self.pending_holds.fetch_sub(1, Ordering::Relaxed);
@@ -461,6 +479,7 @@ impl Hold {
     /// their leg numbers (the request id, or the consumer-scoped `Idempotency-Key`).
     pub fn settle(mut self, actual: &Actual) -> Posting {
         self.done = true;
+        self.ledger.forget(self.id, self.expires_ms);
         let c = Arc::clone(&self.consumer);
         let tenant_seq = c.tenant.seq;
         let mut entries =
@@ -580,8 +599,11 @@ pub fn revert_posting(consumer: &ConsumerEntry, posting: &Posting) {
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        if !self.done && release_hold(&self.consumer, self.id) {
-            self.ledger.pending_holds.fetch_sub(1, Ordering::Relaxed);
+        if !self.done {
+            self.ledger.forget(self.id, self.expires_ms);
+            if release_hold(&self.consumer, self.id) {
+                self.ledger.pending_holds.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -697,6 +719,38 @@ mod tests {
             }
         );
         assert_eq!(l.pending_holds(), 0);
+        assert_eq!(l.expiry_len(), 0, "a settled hold leaves the expiry index");
+    }
+
+    /// Memory stays bounded by what is in flight: a gateway settling thousands of requests a
+    /// second keeps nothing per request for the hold TTL.
+    #[test]
+    fn settled_and_dropped_holds_leave_nothing_behind() {
+        let l = LedgerShared::new(120_000);
+        let c = consumer(1_000_000);
+        let spec = ReserveSpec {
+            balance: 1,
+            ..Default::default()
+        };
+        for i in 0..10_000 {
+            let h = l.reserve(&c, spec.clone(), i).unwrap();
+            if i % 2 == 0 {
+                h.settle(&Actual {
+                    cost: 1,
+                    ..Default::default()
+                });
+            } else {
+                drop(h);
+            }
+        }
+        assert_eq!(l.expiry_len(), 0);
+        assert_eq!(l.pending_holds(), 0);
+        let in_flight = l.reserve(&c, spec, 0).unwrap();
+        assert_eq!(l.expiry_len(), 1);
+        assert_eq!(l.sweep(120_000), 1);
+        assert_eq!(l.expiry_len(), 0);
+        drop(in_flight);
+        assert_eq!(c.state.lock().available(), 1_000_000 - 5_000);
     }
 
     #[test]
@@ -715,6 +769,7 @@ mod tests {
             .unwrap();
         drop(h);
         assert_eq!(c.state.lock().available(), 100);
+        assert_eq!(l.expiry_len(), 0);
         let h = l
             .reserve(
                 &c,
@@ -828,8 +883,12 @@ mod tests {
                 prop_assert_eq!(st.balance_pending, live_sum);
                 let q = st.counters.get(&quota(20).acct);
                 prop_assert!(overrun || q.posted + q.pending <= 20);
+                drop(st);
+                // The expiry index holds exactly the holds still pending.
+                prop_assert_eq!(l.expiry_len() as i64, l.pending_holds());
             }
             drop(live);
+            prop_assert_eq!(l.expiry_len(), 0);
             prop_assert_eq!(c.state.lock().balance_pending, 0);
             prop_assert_eq!(c.tenant.state.lock().counters.get(&tenant_cap(300, 1).acct).pending, 0);
         }
