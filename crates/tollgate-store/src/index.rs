@@ -2,8 +2,13 @@
 //!
 //! Each shard is a `hashbrown::HashTable` holding only the `Arc` of the entry (8 bytes a slot
 //! plus one control byte), hashed by the id the entry carries itself, so the id is not stored
-//! a second time and no key/value pair is padded. Shards are picked by the hash's top bits
-//! and each has its own lock, so lookups from many threads rarely meet.
+//! a second time and no key/value pair is padded. Each shard has its own lock, so lookups from
+//! many threads rarely meet. A shard is picked by bits 16..48 of the hash, apart from the low
+//! bits a table uses for the bucket and the top 7 it keeps as the tag.
+//!
+//! A table's buckets are a power of two, at most 7/8 full. Sized for 1M entries over 64 shards,
+//! each would need 17,857 buckets and get 32,768 (half empty, 9 bytes a bucket); instead an index
+//! sized for `n` entries takes as many shards as it needs to fill 16,384-bucket tables.
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -18,8 +23,12 @@ pub trait Keyed {
     fn key(&self) -> &str;
 }
 
-const SHARD_BITS: u32 = 6;
-const SHARDS: usize = 1 << SHARD_BITS;
+/// Shards at least.
+const MIN_SHARDS: usize = 64;
+/// Entries per shard an index made by `with_capacity` is sized for: a 16,384-bucket table holds
+/// 14,336 (7/8), and the margin covers the spread of a hash over shards (about 115 entries, one
+/// standard deviation, at this size), so no shard outgrows its table while loading.
+const SHARD_FILL: usize = 13_500;
 
 /// Entries by id.
 pub struct IdIndex<T> {
@@ -42,9 +51,10 @@ impl<T: Keyed> Default for IdIndex<T> {
 impl<T: Keyed> IdIndex<T> {
     /// An index sized for `n` entries (no rehashing while loading them).
     pub fn with_capacity(n: usize) -> Self {
-        let per = n.div_ceil(SHARDS);
+        let shards = MIN_SHARDS.max(n.div_ceil(SHARD_FILL));
+        let per = n.div_ceil(shards);
         IdIndex {
-            shards: (0..SHARDS)
+            shards: (0..shards)
                 .map(|_| RwLock::new(HashTable::with_capacity(per)))
                 .collect(),
             hasher: DefaultHashBuilder::default(),
@@ -53,7 +63,8 @@ impl<T: Keyed> IdIndex<T> {
 
     fn locate(&self, id: &str) -> (u64, &RwLock<HashTable<Arc<T>>>) {
         let h = self.hasher.hash_one(id);
-        let shard = (h >> (64 - SHARD_BITS)) as usize;
+        let mid = (h >> 16) & 0xFFFF_FFFF;
+        let shard = ((mid * self.shards.len() as u64) >> 32) as usize;
         (h, &self.shards[shard])
     }
 
@@ -140,5 +151,21 @@ mod tests {
         assert_eq!(ix.remove("id7").unwrap().1, 70);
         assert!(!ix.contains_key("id7"));
         assert_eq!(ix.values().len(), 999);
+    }
+
+    #[test]
+    fn sized_for_a_million_it_keeps_tables_full() {
+        let n = 1_000_000;
+        let ix: IdIndex<E> = IdIndex::with_capacity(n);
+        assert_eq!(ix.shards.len(), 75);
+        for i in 0..n as u32 {
+            ix.insert(Arc::new(E(format!("k{i}"), i)));
+        }
+        // 75 tables of 16,384 buckets hold 1M entries without one growing to 32,768.
+        for s in ix.shards.iter() {
+            assert_eq!(s.read().capacity(), 14_336);
+        }
+        assert_eq!(ix.len(), n);
+        assert_eq!(ix.get("k999999").unwrap().1, 999_999);
     }
 }

@@ -124,6 +124,10 @@ impl Counters {
         match self.0.iter().position(|(a, _)| *a == k) {
             Some(i) => &mut self.0[i].1,
             None => {
+                // Grown one at a time: a consumer has one counter per quota or cap per period,
+                // and the spare capacity of the usual doubling would stay allocated for
+                // every consumer that has called.
+                self.0.reserve_exact(1);
                 self.0.push((k, Counter::default()));
                 let last = self.0.len() - 1;
                 &mut self.0[last].1
@@ -221,6 +225,17 @@ impl ConsumerState {
             counters: Counters::default(),
             holds: thin_vec::ThinVec::new(),
         }
+    }
+
+    /// Remove the hold at `pos`. The last one frees the list: most consumers have no request
+    /// in flight most of the time, and an empty list's capacity would stay allocated for
+    /// every consumer that has called.
+    fn take_hold(&mut self, pos: usize) -> HoldRec {
+        let rec = self.holds.swap_remove(pos);
+        if self.holds.is_empty() {
+            self.holds = thin_vec::ThinVec::new();
+        }
+        rec
     }
 
     /// Balance available to new reservations.
@@ -357,6 +372,10 @@ impl LedgerShared {
                     ts.counters.get_mut(l.acct).pending += l.amount;
                 }
             }
+            if st.holds.is_empty() {
+                // The usual case, one request in flight: no spare capacity.
+                st.holds.reserve_exact(1);
+            }
             st.holds.push(HoldRec {
                 id,
                 spec: spec.clone(),
@@ -447,7 +466,7 @@ fn release_hold(consumer: &ConsumerEntry, id: u64) -> bool {
     let Some(pos) = st.holds.iter().position(|h| h.id == id) else {
         return false;
     };
-    let rec = st.holds.swap_remove(pos);
+    let rec = st.take_hold(pos);
     apply(&mut st, &rec.spec, -1);
     if !rec.spec.tenant_legs.is_empty() {
         let mut ts = consumer.tenant.state.lock();
@@ -487,7 +506,7 @@ impl Hold {
         let mut st = c.state.lock();
         let had = match st.holds.iter().position(|h| h.id == self.id) {
             Some(pos) => {
-                st.holds.swap_remove(pos);
+                st.take_hold(pos);
                 apply(&mut st, &self.spec, -1);
                 self.ledger.pending_holds.fetch_sub(1, Ordering::Relaxed);
                 true
