@@ -96,7 +96,7 @@ pub fn spawn_workers(
     for (i, listener) in listeners.into_iter().enumerate() {
         let (tx, rx) = oneshot::channel::<()>();
         let gw = Arc::clone(&gw);
-        let mut shutdown = shutdown.clone();
+        let shutdown = shutdown.clone();
         std::thread::Builder::new()
             .name(format!("proxy-worker-{i}"))
             .spawn(move || {
@@ -107,14 +107,7 @@ pub fn spawn_workers(
                     .and_then(|rt| {
                         rt.block_on(async move {
                             let listener = TcpListener::from_std(listener)?;
-                            let stop = async move {
-                                while !*shutdown.borrow() {
-                                    if shutdown.changed().await.is_err() {
-                                        return;
-                                    }
-                                }
-                            };
-                            run(listener, gw, stop, grace).await
+                            run(listener, gw, shutdown_requested(shutdown), grace).await
                         })
                     });
                 if let Err(e) = served {
@@ -129,6 +122,15 @@ pub fn spawn_workers(
             let _ = rx.await;
         }
     })
+}
+
+/// Resolves once `rx` reads `true` (or its sender is gone).
+pub async fn shutdown_requested(mut rx: watch::Receiver<bool>) {
+    while !*rx.borrow() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Serve `gw` on `listener` until `shutdown` resolves, then drain for at most `grace`.

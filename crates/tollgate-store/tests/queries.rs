@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use tollgate_core::config::StoreConfig;
-use tollgate_store::{
-    AcctKey, AcctKind, Entry, ManualClock, Op, Store, SubStatus, TenantView, UsageRecord,
-};
+use tollgate_store::{AcctKey, AcctKind, Entry, ManualClock, Op, UsageRecord};
+
+mod common;
 
 /// A charge of `amount` micros to consumer `seq`'s balance at `at_ms`.
 fn charge(id: &str, seq: i64, amount: i64, at_ms: i64) -> Op {
@@ -53,26 +53,7 @@ async fn statements_and_usage_are_per_consumer_newest_first() {
         ..StoreConfig::default()
     };
     let clock = ManualClock::at_ms(1_000_000);
-    let store = Store::open(&cfg, Arc::new(clock.clone())).unwrap();
-    store
-        .upsert_tenant(
-            TenantView {
-                id: "t".into(),
-                name: "T".into(),
-                contact_email: None,
-                upgrade_url: None,
-                top_up_url: None,
-            },
-            "api",
-        )
-        .await
-        .unwrap();
-    for c in ["a", "b"] {
-        store
-            .create_consumer(c, "t", None, "p", SubStatus::Active, None, "api")
-            .await
-            .unwrap();
-    }
+    let store = common::store_with_consumers(&cfg, Arc::new(clock.clone()), &["a", "b"]).await;
     let a = store.dir.consumer("a").unwrap().seq;
     let b = store.dir.consumer("b").unwrap().seq;
     store

@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use tollgate_core::config::StoreConfig;
 use tollgate_store::chargelog::{self, LogWriter};
-use tollgate_store::{AcctKey, AcctKind, Entry, Store, SubStatus, SystemClock, UsageRecord};
+use tollgate_store::{AcctKey, AcctKind, Entry, Store, SystemClock, UsageRecord};
+
+mod common;
 
 fn cfg(dir: &std::path::Path) -> StoreConfig {
     StoreConfig {
@@ -52,24 +54,7 @@ fn charge(i: u64, consumer_seq: i64) -> (UsageRecord, Vec<Entry>) {
 
 /// A store with tenant `t` and consumer `c` holding a balance of 1.00.
 async fn store_with_consumer(cfg: &StoreConfig) -> Store {
-    let store = Store::open(cfg, Arc::new(SystemClock)).unwrap();
-    store
-        .upsert_tenant(
-            tollgate_store::TenantView {
-                id: "t".into(),
-                name: "T".into(),
-                contact_email: None,
-                upgrade_url: None,
-                top_up_url: None,
-            },
-            "api",
-        )
-        .await
-        .unwrap();
-    store
-        .create_consumer("c", "t", None, "p", SubStatus::Active, None, "api")
-        .await
-        .unwrap();
+    let store = common::store_with_consumers(cfg, Arc::new(SystemClock), &["c"]).await;
     store
         .adjust_balance("c", 1_000_000, "seed", "topup")
         .await

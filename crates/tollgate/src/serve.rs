@@ -140,7 +140,7 @@ pub async fn start(
         eprintln!("tollgate: cannot start the proxy workers: {e}");
         ExitCode::from(EXIT_OSERR)
     })?;
-    let s2 = wait_for(shutdown);
+    let s2 = tollgate_proxy::server::shutdown_requested(shutdown);
     tracing::info!(proxy = %proxy_addr, admin = %admin_addr, workers, "tollgate listening");
     let done = tokio::spawn(async move {
         let admin_task = tokio::spawn(async move {
@@ -164,14 +164,6 @@ async fn bind(addr: &str) -> Result<TcpListener, ExitCode> {
         eprintln!("tollgate: cannot listen on {addr}: {e}");
         ExitCode::from(EXIT_OSERR)
     })
-}
-
-async fn wait_for(mut rx: watch::Receiver<bool>) {
-    while !*rx.borrow() {
-        if rx.changed().await.is_err() {
-            return;
-        }
-    }
 }
 
 /// `tollgate serve`.
