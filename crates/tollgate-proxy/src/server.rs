@@ -106,6 +106,8 @@ pub fn spawn_workers(
                     .build()
                     .and_then(|rt| {
                         rt.block_on(async move {
+                            // Journal answers for this worker's requests, one wake-up a batch.
+                            tokio::spawn(tollgate_store::completions::pump());
                             let listener = TcpListener::from_std(listener)?;
                             run(listener, gw, shutdown_requested(shutdown), grace).await
                         })

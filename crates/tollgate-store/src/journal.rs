@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::chargelog;
 use crate::clock::{Clock, SystemClock};
+use crate::completions::{self, Inbox};
 use crate::ledger::{AcctKey, Entry};
 
 /// Failure of the store.
@@ -118,6 +119,8 @@ pub enum Op {
 struct Job {
     op: Op,
     done: Option<oneshot::Sender<Result<(), StoreError>>>,
+    /// The caller's thread inbox (a proxy worker): its answer goes there, woken once a batch.
+    origin: Option<Arc<Inbox>>,
 }
 
 /// Handle to the writer thread.
@@ -256,6 +259,7 @@ impl Journal {
             .send(Job {
                 op,
                 done: Some(done),
+                origin: completions::current(),
             })
             .map_err(|_| StoreError::WriterGone)?;
         rx.await.map_err(|_| StoreError::WriterGone)?
@@ -271,7 +275,11 @@ impl Journal {
     /// Queue `op` without waiting (relaxed durability, background records).
     pub fn write_nowait(&self, op: Op) -> Result<(), StoreError> {
         self.tx
-            .send(Job { op, done: None })
+            .send(Job {
+                op,
+                done: None,
+                origin: None,
+            })
             .map_err(|_| StoreError::WriterGone)
     }
 
@@ -436,6 +444,7 @@ fn log_loop(
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut lsns: Vec<u64> = Vec::with_capacity(MAX_BATCH);
+    let mut inboxes: Vec<Arc<Inbox>> = Vec::new();
     // Relaxed durability syncs the log at most this often; strict syncs every batch.
     let relaxed_sync = std::time::Duration::from_millis(100);
     let mut last_sync = std::time::Instant::now();
@@ -483,7 +492,18 @@ fn log_loop(
                 Projected::Direct(job.op, job.done)
             } else {
                 if let Some(d) = job.done {
-                    let _ = d.send(written.clone());
+                    match job.origin {
+                        Some(inbox) => {
+                            if inbox.queue(d, written.clone())
+                                && !inboxes.iter().any(|i| Arc::ptr_eq(i, &inbox))
+                            {
+                                inboxes.push(inbox);
+                            }
+                        }
+                        None => {
+                            let _ = d.send(written.clone());
+                        }
+                    }
                 }
                 if written.is_err() {
                     continue;
@@ -491,6 +511,10 @@ fn log_loop(
                 Projected::Logged(lsn, job.op)
             };
             out.push(msg);
+        }
+        // One wake-up per caller thread for the whole batch.
+        for inbox in inboxes.drain(..) {
+            inbox.wake();
         }
         match log.rotate_if_full() {
             Ok(Some((path, last))) => out.push(Projected::Retired(path, last)),

@@ -4,6 +4,7 @@
 
 pub mod chargelog;
 pub mod clock;
+pub mod completions;
 pub mod directory;
 pub mod idempotency;
 pub mod index;

@@ -186,3 +186,67 @@ async fn a_refused_record_is_set_aside_and_the_rest_of_its_batch_applies() {
         "balanced"
     );
 }
+
+/// Writers on two runtime threads that run a pump (as the proxy workers do) are answered
+/// through it: every write returns once durable, and each charge is in the database once.
+#[tokio::test]
+async fn writes_from_threads_with_a_pump_are_each_answered_and_applied_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cfg(dir.path());
+    let db = std::path::PathBuf::from(&cfg.path);
+    let store = Arc::new(store_with_consumer(&cfg).await);
+    let seq = store.dir.consumer("c").unwrap().seq;
+    let per_thread = 300u64;
+    let threads: Vec<_> = (0..2u64)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    tokio::spawn(tollgate_store::completions::pump());
+                    let writes: Vec<_> = (0..per_thread)
+                        .map(|i| {
+                            let (mut u, mut e) = charge(t * 10_000 + i, seq);
+                            u.cost = 1;
+                            e[0].amount = 1;
+                            let store = Arc::clone(&store);
+                            tokio::spawn(async move {
+                                store
+                                    .journal
+                                    .write(tollgate_store::Op::Charge {
+                                        usage: Box::new(u),
+                                        entries: e,
+                                        idem: None,
+                                    })
+                                    .await
+                            })
+                        })
+                        .collect();
+                    let mut ok = 0;
+                    for w in writes {
+                        w.await.unwrap().unwrap();
+                        ok += 1;
+                    }
+                    ok
+                })
+            })
+        })
+        .collect();
+    let answered: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    assert_eq!(answered, 2 * per_thread);
+    store.journal.flush().await.unwrap();
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM usage") as u64,
+        2 * per_thread
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COALESCE(SUM(amount), 0) FROM entries WHERE kind = 'charge'"
+        ) as u64,
+        2 * per_thread
+    );
+}
