@@ -5,7 +5,6 @@
 //! SQLite file in large transactions (usage rows, entries, idempotency outcomes, account
 //! totals), and runs admin changes there in log order, answering them once committed.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{mpsc, Arc};
 use std::thread;
@@ -17,6 +16,9 @@ use crate::chargelog;
 use crate::clock::{Clock, SystemClock};
 use crate::completions::{self, Inbox};
 use crate::ledger::{AcctKey, Entry};
+
+/// Per-account `(credits, debits)` to fold into `accounts`.
+type Deltas = hashbrown::HashMap<AcctKey, (i64, i64)>;
 
 /// Failure of the store.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -351,7 +353,7 @@ fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<()>) {
 /// folded in; on open, [`recover_accounts`] folds in the rest, so a crash loses nothing.
 struct WriterState {
     next_seq: i64,
-    deltas: HashMap<AcctKey, (i64, i64)>,
+    deltas: Deltas,
     last_flush: std::time::Instant,
 }
 
@@ -369,7 +371,7 @@ pub fn recover_accounts(conn: &mut Connection) -> Result<usize, StoreError> {
         )
         .optional()?
         .unwrap_or(0);
-    let mut deltas: HashMap<AcctKey, (i64, i64)> = HashMap::new();
+    let mut deltas = Deltas::default();
     let mut max_seq = through;
     let mut n = 0;
     {
@@ -557,7 +559,7 @@ fn projector_loop(mut conn: Connection, rx: mpsc::Receiver<Vec<Projected>>) {
         .unwrap_or(1);
     let mut ws = WriterState {
         next_seq,
-        deltas: HashMap::new(),
+        deltas: Deltas::default(),
         last_flush: std::time::Instant::now(),
     };
     let mut pending: Vec<Projected> = Vec::new();
@@ -719,9 +721,10 @@ fn apply_batch(
     let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(batch.len());
     let outcome = (|| {
         let tx = conn.transaction()?;
-        let mut deltas: HashMap<AcctKey, (i64, i64)> = HashMap::new();
+        let mut deltas = Deltas::default();
         let mut seq = ws.next_seq;
         let mut max_lsn = 0u64;
+        let mut st = Statements::prepare(&tx)?;
         for (i, m) in batch.iter_mut().enumerate() {
             if i % YIELD_EVERY == YIELD_EVERY - 1 {
                 // A transaction of a few hundred records takes milliseconds of CPU; letting a
@@ -732,14 +735,14 @@ fn apply_batch(
             let r = match m {
                 Projected::Logged(lsn, op) if !careful => {
                     max_lsn = max_lsn.max(*lsn);
-                    apply_logged(&tx, op, &mut deltas, &mut seq)?;
+                    apply_logged(&tx, &mut st, op, &mut deltas, &mut seq)?;
                     Ok(())
                 }
                 Projected::Logged(lsn, op) => {
                     max_lsn = max_lsn.max(*lsn);
                     // A record the database refuses is kept aside rather than retried forever.
                     tx.execute_batch("SAVEPOINT logged")?;
-                    match apply_logged(&tx, op, &mut deltas, &mut seq) {
+                    match apply_logged(&tx, &mut st, op, &mut deltas, &mut seq) {
                         Ok(()) => tx.execute_batch("RELEASE logged")?,
                         Err(e) => {
                             tx.execute_batch("ROLLBACK TO logged; RELEASE logged")?;
@@ -772,6 +775,7 @@ fn apply_batch(
             };
             results.push(r);
         }
+        drop(st);
         if max_lsn > 0 {
             tx.execute(
                 "INSERT INTO meta(k, v) VALUES('log_lsn', ?1) ON CONFLICT(k) DO UPDATE SET v = excluded.v
@@ -816,8 +820,9 @@ fn apply_batch(
 
 fn apply_logged(
     tx: &Transaction<'_>,
+    st: &mut Statements<'_>,
     op: &Op,
-    deltas: &mut HashMap<AcctKey, (i64, i64)>,
+    deltas: &mut Deltas,
     seq: &mut i64,
 ) -> Result<(), StoreError> {
     match op {
@@ -825,12 +830,12 @@ fn apply_logged(
             usage,
             entries,
             idem,
-        } => apply_charge(tx, usage, entries, idem.as_deref(), deltas, seq),
+        } => apply_charge(tx, st, usage, entries, idem.as_deref(), deltas, seq),
         Op::Entries {
             charge_id,
             occurred_ms,
             entries,
-        } => insert_entries(tx, entries, charge_id, *occurred_ms, deltas, seq),
+        } => insert_entries(st, entries, charge_id, *occurred_ms, deltas, seq),
         Op::Admin(_) => Ok(()),
     }
 }
@@ -888,7 +893,8 @@ pub fn replay_log(conn: &mut Connection, db_path: &Path) -> Result<(u64, usize),
                 r.get(0)
             })?;
         // Totals are folded by `recover_accounts` from the entries' sequence numbers.
-        let mut deltas = HashMap::new();
+        let mut deltas = Deltas::default();
+        let mut st = Statements::prepare(&tx)?;
         for (lsn, rec) in records {
             let op = match rec {
                 chargelog::Record::Charge {
@@ -911,7 +917,7 @@ pub fn replay_log(conn: &mut Connection, db_path: &Path) -> Result<(u64, usize),
                 },
             };
             tx.execute_batch("SAVEPOINT logged")?;
-            match apply_logged(&tx, &op, &mut deltas, &mut seq) {
+            match apply_logged(&tx, &mut st, &op, &mut deltas, &mut seq) {
                 Ok(()) => tx.execute_batch("RELEASE logged")?,
                 Err(e) => {
                     tx.execute_batch("ROLLBACK TO logged; RELEASE logged")?;
@@ -919,6 +925,7 @@ pub fn replay_log(conn: &mut Connection, db_path: &Path) -> Result<(u64, usize),
                 }
             }
         }
+        drop(st);
         tx.execute(
             "INSERT INTO meta(k, v) VALUES('log_lsn', ?1) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
             [max_lsn.to_string()],
@@ -931,20 +938,40 @@ pub fn replay_log(conn: &mut Connection, db_path: &Path) -> Result<(u64, usize),
     Ok((max_lsn + 1, n))
 }
 
+/// The statements a logged record runs, prepared once per transaction rather than looked up
+/// in the connection's statement cache for every record.
+struct Statements<'t> {
+    usage: rusqlite::CachedStatement<'t>,
+    entries: rusqlite::CachedStatement<'t>,
+}
+
+impl<'t> Statements<'t> {
+    fn prepare(tx: &'t Transaction<'_>) -> Result<Statements<'t>, StoreError> {
+        Ok(Statements {
+            usage: tx.prepare_cached(
+                "INSERT INTO usage(charge_id, request_id, tenant_seq, consumer_seq, key_id, route, status,
+                 requests, bytes, cost, charged, occurred_ms) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)
+                 ON CONFLICT(charge_id) DO NOTHING",
+            )?,
+            entries: tx.prepare_cached(
+                "INSERT INTO entries(charge_id, leg, kind, debit_kind, debit_owner, debit_period, credit_kind,
+                 credit_owner, credit_period, amount, created_ms, seq)
+                 VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12) ON CONFLICT(charge_id, leg) DO NOTHING",
+            )?,
+        })
+    }
+}
+
 fn apply_charge(
     tx: &Transaction<'_>,
+    st: &mut Statements<'_>,
     u: &UsageRecord,
     entries: &[Entry],
     idem: Option<&IdemRecord>,
-    deltas: &mut HashMap<AcctKey, (i64, i64)>,
+    deltas: &mut Deltas,
     seq: &mut i64,
 ) -> Result<(), StoreError> {
-    let mut st = tx.prepare_cached(
-        "INSERT INTO usage(charge_id, request_id, tenant_seq, consumer_seq, key_id, route, status,
-         requests, bytes, cost, charged, occurred_ms) VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)
-         ON CONFLICT(charge_id) DO NOTHING",
-    )?;
-    st.execute(params![
+    st.usage.execute(params![
         u.charge_id,
         u.request_id,
         u.tenant_seq,
@@ -958,7 +985,7 @@ fn apply_charge(
         u.charged,
         u.occurred_ms
     ])?;
-    insert_entries(tx, entries, &u.charge_id, u.occurred_ms, deltas, seq)?;
+    insert_entries(st, entries, &u.charge_id, u.occurred_ms, deltas, seq)?;
     if let Some(i) = idem {
         let headers =
             serde_json::to_string(&i.headers).map_err(|e| StoreError::Sql(e.to_string()))?;
@@ -980,23 +1007,15 @@ fn apply_charge(
 }
 
 fn insert_entries(
-    tx: &Transaction<'_>,
+    st: &mut Statements<'_>,
     entries: &[Entry],
     charge_id: &str,
     now_ms: i64,
-    deltas: &mut HashMap<AcctKey, (i64, i64)>,
+    deltas: &mut Deltas,
     seq: &mut i64,
 ) -> Result<(), StoreError> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let mut st = tx.prepare_cached(
-        "INSERT INTO entries(charge_id, leg, kind, debit_kind, debit_owner, debit_period, credit_kind,
-         credit_owner, credit_period, amount, created_ms, seq)
-         VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12) ON CONFLICT(charge_id, leg) DO NOTHING",
-    )?;
     for e in entries {
-        let n = st.execute(params![
+        let n = st.entries.execute(params![
             charge_id,
             e.leg,
             e.kind,
