@@ -63,9 +63,9 @@ impl Inbox {
 
 /// Install an inbox for this thread and return the pump that answers its callers: spawn it on
 /// the thread's current-thread runtime before serving (a task of a multi-thread runtime may
-/// move between threads, so this is for runtimes of one thread). Journal callers on this thread then get
-/// their answers through it. When the pump is dropped (its runtime stops), the thread's callers
-/// are answered directly again, and whatever was queued is answered at once.
+/// move between threads, so this is for runtimes of one thread). Journal callers on this
+/// thread then get their answers through it. When the pump is dropped (its runtime stops), the
+/// thread's callers are answered directly again, and whatever was queued is answered at once.
 pub fn pump() -> impl Future<Output = ()> + 'static {
     let inbox = Arc::new(Inbox {
         state: Mutex::new(InboxState {

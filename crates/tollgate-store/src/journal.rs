@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::chargelog;
 use crate::clock::{Clock, SystemClock};
-use crate::completions::{self, Inbox};
+use crate::completions::{self, Done, Inbox};
 use crate::ledger::{AcctKey, Entry};
 
 /// Per-account `(credits, debits)` to fold into `accounts`.
@@ -120,7 +120,7 @@ pub enum Op {
 
 struct Job {
     op: Op,
-    done: Option<oneshot::Sender<Result<(), StoreError>>>,
+    done: Option<Done>,
     /// The caller's thread inbox (a proxy worker): its answer goes there, woken once a batch.
     origin: Option<Arc<Inbox>>,
 }
@@ -426,7 +426,7 @@ enum Projected {
     /// A record that is in the log (already acknowledged to its caller).
     Logged(u64, Op),
     /// A change that is made durable by the database commit itself; `done` is answered then.
-    Direct(Op, Option<oneshot::Sender<Result<(), StoreError>>>),
+    Direct(Op, Option<Done>),
     /// A full segment: remove it once everything up to `last_lsn` is in the database.
     Retired(std::path::PathBuf, u64),
 }
@@ -494,18 +494,7 @@ fn log_loop(
                 Projected::Direct(job.op, job.done)
             } else {
                 if let Some(d) = job.done {
-                    match job.origin {
-                        Some(inbox) => {
-                            if inbox.queue(d, written.clone())
-                                && !inboxes.iter().any(|i| Arc::ptr_eq(i, &inbox))
-                            {
-                                inboxes.push(inbox);
-                            }
-                        }
-                        None => {
-                            let _ = d.send(written.clone());
-                        }
-                    }
+                    answer(d, job.origin, written.clone(), &mut inboxes);
                 }
                 if written.is_err() {
                     continue;
@@ -537,6 +526,26 @@ fn log_loop(
         tracing::error!(error = %e, "charge log could not be synced at stop");
     }
     tracing::debug!("charge log writer stopped");
+}
+
+/// Answer a logged write's caller: through its thread's inbox when it has one (remembered in
+/// `inboxes`, each woken once after the batch), else directly.
+fn answer(
+    done: Done,
+    origin: Option<Arc<Inbox>>,
+    result: Result<(), StoreError>,
+    inboxes: &mut Vec<Arc<Inbox>>,
+) {
+    match origin {
+        Some(inbox) => {
+            if inbox.queue(done, result) && !inboxes.iter().any(|i| Arc::ptr_eq(i, &inbox)) {
+                inboxes.push(inbox);
+            }
+        }
+        None => {
+            let _ = done.send(result);
+        }
+    }
 }
 
 /// The projector yields its core after this many records of a transaction.
