@@ -1,6 +1,7 @@
 //! Exact money: integer micro-units (10⁻⁶ of the currency unit). Never `f64`.
 
 use std::fmt;
+use std::fmt::Write as _;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -100,16 +101,27 @@ impl fmt::Display for Money {
     /// At least two decimals, at most six, trailing zeros beyond the second trimmed:
     /// `2500000` → `2.50`, `100` → `0.0001`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let v = i128::from(self.0);
-        let sign = if v < 0 { "-" } else { "" };
-        let a = v.abs();
-        let int = a / i128::from(MICROS);
-        let frac = a % i128::from(MICROS);
-        let mut frac_s = format!("{frac:06}");
-        while frac_s.len() > 2 && frac_s.ends_with('0') {
-            frac_s.pop();
+        // On every governed response (twice): no allocation, no 128-bit division.
+        let a = self.0.unsigned_abs();
+        let int = a / MICROS as u64;
+        let mut frac = a % MICROS as u64;
+        let mut digits = [b'0'; 6];
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (frac % 10) as u8;
+            frac /= 10;
         }
-        write!(f, "{sign}{int}.{frac_s}")
+        let mut len = digits.len();
+        while len > 2 && digits[len - 1] == b'0' {
+            len -= 1;
+        }
+        if self.0 < 0 {
+            f.write_str("-")?;
+        }
+        write!(f, "{int}.")?;
+        for &d in &digits[..len] {
+            f.write_char(char::from(d))?;
+        }
+        Ok(())
     }
 }
 
@@ -159,6 +171,10 @@ mod tests {
         assert_eq!(Money(100).to_string(), "0.0001");
         assert_eq!(Money(-2_250_000).to_string(), "-2.25");
         assert_eq!(Money(0).to_string(), "0.00");
+        assert_eq!(Money(-1).to_string(), "-0.000001");
+        assert_eq!(Money(10).to_string(), "0.00001");
+        assert_eq!(Money(i64::MAX).to_string(), "9223372036854.775807");
+        assert_eq!(Money(i64::MIN).to_string(), "-9223372036854.775808");
     }
 
     #[test]

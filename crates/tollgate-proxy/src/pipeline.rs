@@ -123,7 +123,18 @@ impl Gateway {
 
     fn request_id(&self) -> String {
         let n = self.rid_counter.fetch_add(1, Ordering::Relaxed);
-        format!("{}{:010x}", self.rid_prefix, n)
+        if n >= 1 << 40 {
+            return format!("{}{:010x}", self.rid_prefix, n);
+        }
+        // The same text as `{:010x}`, without the formatting machinery (every request).
+        let mut s = String::with_capacity(self.rid_prefix.len() + 10);
+        s.push_str(&self.rid_prefix);
+        for i in (0..10).rev() {
+            s.push(char::from(
+                b"0123456789abcdef"[((n >> (4 * i)) & 0xf) as usize],
+            ));
+        }
+        s
     }
 
     /// Handle one request; never fails (errors are rendered into responses).
@@ -219,9 +230,17 @@ impl Gateway {
             if h.contains_key(&crate::x402::PAYMENT_SIGNATURE)
                 || h.contains_key(&crate::x402::X_PAYMENT)
             {
-                return self
-                    .x402_request(req, remote, rid, snap, &route, host.as_deref())
-                    .await;
+                // Boxed: the x402 path's state is large and rare; unboxed it would size (and
+                // be copied with) every request's future.
+                return Box::pin(self.x402_request(
+                    req,
+                    remote,
+                    rid,
+                    snap,
+                    &route,
+                    host.as_deref(),
+                ))
+                .await;
             }
             // Without a payment: an API key still pays on a non-public route.
             if route.cfg.public
@@ -976,6 +995,21 @@ pub(crate) fn replay(stored: &StoredResponse) -> Response<Body> {
 
 fn uri_for(up: &Upstream, idx: usize, route: &Route, orig: &Uri) -> Result<Uri, Reject> {
     let t = &up.targets[idx.min(up.targets.len().saturating_sub(1))];
+    let base_path = t.base.path().trim_end_matches('/');
+    if !route.cfg.strip_prefix && base_path.is_empty() {
+        // The common case: the client's path and query as they are (no copy, no parse).
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(t.base.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP));
+        parts.authority = Some(t.authority.clone());
+        parts.path_and_query = Some(
+            orig.path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        return Uri::from_parts(parts).map_err(|_| {
+            Reject::new(ErrorCode::BadRequest).detail("reason", "invalid request target")
+        });
+    }
     let pq = orig.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let pq = if route.cfg.strip_prefix {
         let prefix = route.cfg.path_prefix.trim_end_matches('/');
@@ -988,7 +1022,6 @@ fn uri_for(up: &Upstream, idx: usize, route: &Route, orig: &Uri) -> Result<Uri, 
     } else {
         pq.to_string()
     };
-    let base_path = t.base.path().trim_end_matches('/');
     let scheme = t.base.scheme_str().unwrap_or("http");
     format!("{scheme}://{}{base_path}{pq}", t.authority)
         .parse()

@@ -141,6 +141,8 @@ async fn upstream_sees_clean_forwarded_headers_and_no_credentials() {
     assert_eq!(r.status(), 200);
     let rid = r.headers()["x-request-id"].to_str().unwrap().to_string();
     let v = json(r).await;
+    assert_eq!(v["path"], "/echo/x", "{v}");
+    assert_eq!(v["query"], "q=1", "{v}");
     let h = &v["headers"];
     let text = h.to_string().to_ascii_lowercase();
     assert!(
