@@ -61,18 +61,22 @@ static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy"
 static IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
 /// Hop-by-hop headers never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authorization",
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
 ];
 
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names is cheaper than eight removals.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let listed: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
@@ -83,7 +87,7 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
     for n in listed {
         h.remove(n);
     }
-    for n in HOP_BY_HOP {
+    for n in &HOP_BY_HOP {
         h.remove(n);
     }
 }
@@ -885,29 +889,17 @@ fn upstream_headers(
     h.remove(&IDEMPOTENCY_KEY);
     h.remove(&crate::x402::PAYMENT_SIGNATURE);
     h.remove(&crate::x402::X_PAYMENT);
-    let ip = remote.ip().to_string();
-    let xff = match h.get(&XFF).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip.clone(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    let (xff, fwd) = forwarding(
+        remote,
+        host,
+        h.get(&XFF).and_then(|v| v.to_str().ok()),
+        h.get(&FORWARDED).and_then(|v| v.to_str().ok()),
+    );
+    if let Some(v) = xff {
         h.insert(XFF.clone(), v);
     }
     h.insert(XFP.clone(), HeaderValue::from_static("http"));
-    let node = if remote.is_ipv6() {
-        format!("\"[{ip}]\"")
-    } else {
-        ip
-    };
-    let fwd = match host {
-        Some(hn) => format!("for={node};host={hn};proto=http"),
-        None => format!("for={node};proto=http"),
-    };
-    let fwd = match h.get(&FORWARDED).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {fwd}"),
-        None => fwd,
-    };
-    if let Ok(v) = HeaderValue::from_str(&fwd) {
+    if let Some(v) = fwd {
         h.insert(FORWARDED.clone(), v);
     }
     if let Some(orig) = parts.headers.get(header::HOST) {
@@ -931,6 +923,57 @@ fn upstream_headers(
         }
     }
     h
+}
+
+/// `X-Forwarded-For` and `Forwarded` for a request from `remote` to `host`, appended to what the
+/// client sent. Without client values they depend on the client's address and the host alone,
+/// which repeat from request to request, so each worker keeps the last pair it made.
+fn forwarding(
+    remote: SocketAddr,
+    host: Option<&str>,
+    prev_xff: Option<&str>,
+    prev_fwd: Option<&str>,
+) -> (Option<HeaderValue>, Option<HeaderValue>) {
+    type Last = Option<(std::net::IpAddr, Option<String>, HeaderValue, HeaderValue)>;
+    thread_local! {
+        static LAST: std::cell::RefCell<Last> = const { std::cell::RefCell::new(None) };
+    }
+    let ip = remote.ip();
+    let fresh = prev_xff.is_none() && prev_fwd.is_none();
+    if fresh {
+        let hit = LAST.with_borrow(|last| match last {
+            Some((i, h, x, f)) if *i == ip && h.as_deref() == host => Some((x.clone(), f.clone())),
+            _ => None,
+        });
+        if let Some((x, f)) = hit {
+            return (Some(x), Some(f));
+        }
+    }
+    let ip_s = ip.to_string();
+    let xff = match prev_xff {
+        Some(prev) => format!("{prev}, {ip_s}"),
+        None => ip_s.clone(),
+    };
+    let node = if remote.is_ipv6() {
+        format!("\"[{ip_s}]\"")
+    } else {
+        ip_s
+    };
+    let fwd = match host {
+        Some(hn) => format!("for={node};host={hn};proto=http"),
+        None => format!("for={node};proto=http"),
+    };
+    let fwd = match prev_fwd {
+        Some(prev) => format!("{prev}, {fwd}"),
+        None => fwd,
+    };
+    let xff = HeaderValue::from_str(&xff).ok();
+    let fwd = HeaderValue::from_str(&fwd).ok();
+    if let (true, Some(x), Some(f)) = (fresh, &xff, &fwd) {
+        let entry = (ip, host.map(str::to_string), x.clone(), f.clone());
+        LAST.with_borrow_mut(|last| *last = Some(entry));
+    }
+    (xff, fwd)
 }
 
 fn unauth(e: tollgate_store::AuthError) -> Reject {
@@ -1026,4 +1069,83 @@ fn uri_for(up: &Upstream, idx: usize, route: &Route, orig: &Uri) -> Result<Uri, 
     format!("{scheme}://{}{base_path}{pq}", t.authority)
         .parse()
         .map_err(|_| Reject::new(ErrorCode::BadRequest).detail("reason", "invalid request target"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn forwarding_headers_append_to_the_clients_and_follow_address_and_host() {
+        let v4: SocketAddr = "10.1.2.3:5555".parse().unwrap();
+        let v6: SocketAddr = "[2001:db8::1]:443".parse().unwrap();
+        let text = |p: (Option<HeaderValue>, Option<HeaderValue>)| {
+            (
+                p.0.unwrap().to_str().unwrap().to_string(),
+                p.1.unwrap().to_str().unwrap().to_string(),
+            )
+        };
+        // Twice each: the second answer may come from the worker's last pair.
+        for _ in 0..2 {
+            assert_eq!(
+                text(forwarding(v4, Some("api.example"), None, None)),
+                (
+                    "10.1.2.3".to_string(),
+                    "for=10.1.2.3;host=api.example;proto=http".to_string()
+                )
+            );
+            assert_eq!(
+                text(forwarding(v4, None, None, None)),
+                (
+                    "10.1.2.3".to_string(),
+                    "for=10.1.2.3;proto=http".to_string()
+                )
+            );
+            assert_eq!(
+                text(forwarding(v6, Some("api.example"), None, None)),
+                (
+                    "2001:db8::1".to_string(),
+                    "for=\"[2001:db8::1]\";host=api.example;proto=http".to_string()
+                )
+            );
+        }
+        assert_eq!(
+            text(forwarding(
+                v4,
+                Some("api.example"),
+                Some("192.0.2.7"),
+                Some("for=192.0.2.7")
+            )),
+            (
+                "192.0.2.7, 10.1.2.3".to_string(),
+                "for=192.0.2.7, for=10.1.2.3;host=api.example;proto=http".to_string()
+            )
+        );
+        // A client value never leaks into the next request's headers.
+        assert_eq!(
+            text(forwarding(v4, Some("api.example"), None, None)).0,
+            "10.1.2.3"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_lists_are_stripped() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-drop"),
+        );
+        h.insert("x-drop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key(header::ACCEPT));
+        let mut clean = HeaderMap::new();
+        clean.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        strip_hop_by_hop(&mut clean);
+        assert_eq!(clean.len(), 1);
+    }
 }
