@@ -553,8 +553,11 @@ const YIELD_EVERY: usize = 16;
 
 /// Records applied per database transaction (about: whole writer batches are taken).
 const PROJECT_MAX: usize = 32_768;
-/// How long logged records may wait before they are applied.
-const PROJECT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long logged records may wait before they are applied (queries and admin changes do not
+/// wait for it: they flush). Longer transactions write each B-tree page to the WAL fewer times:
+/// 250 ms against 50 ms took the projector from 4.2-4.5 to 3.9-4.3 us of CPU per request at
+/// governed saturation.
+const PROJECT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// The projector: applies the log to SQLite in large transactions (one every
 /// [`PROJECT_EVERY`], or at once when a caller waits on a direct change), records in
