@@ -92,6 +92,22 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+/// `prefix` then `n` as ten or more lower-case hex digits: the text of `{prefix}{n:010x}`,
+/// without the formatting machinery (every request makes one).
+fn request_id_text(prefix: &str, n: u64) -> String {
+    if n >= 1 << 40 {
+        return format!("{prefix}{n:010x}");
+    }
+    let mut s = String::with_capacity(prefix.len() + 10);
+    s.push_str(prefix);
+    for i in (0..10).rev() {
+        s.push(char::from(
+            b"0123456789abcdef"[((n >> (4 * i)) & 0xf) as usize],
+        ));
+    }
+    s
+}
+
 /// What a request carries through the pipeline after admission.
 struct Admitted {
     key: Arc<KeyEntry>,
@@ -126,19 +142,10 @@ impl Gateway {
     }
 
     fn request_id(&self) -> String {
-        let n = self.rid_counter.fetch_add(1, Ordering::Relaxed);
-        if n >= 1 << 40 {
-            return format!("{}{:010x}", self.rid_prefix, n);
-        }
-        // The same text as `{:010x}`, without the formatting machinery (every request).
-        let mut s = String::with_capacity(self.rid_prefix.len() + 10);
-        s.push_str(&self.rid_prefix);
-        for i in (0..10).rev() {
-            s.push(char::from(
-                b"0123456789abcdef"[((n >> (4 * i)) & 0xf) as usize],
-            ));
-        }
-        s
+        request_id_text(
+            &self.rid_prefix,
+            self.rid_counter.fetch_add(1, Ordering::Relaxed),
+        )
     }
 
     /// Handle one request; never fails (errors are rendered into responses).
@@ -1127,6 +1134,14 @@ mod tests {
             text(forwarding(v4, Some("api.example"), None, None)).0,
             "10.1.2.3"
         );
+    }
+
+    #[test]
+    fn request_ids_read_as_prefix_and_ten_hex_digits() {
+        for n in [0u64, 1, 0xabc, (1 << 40) - 1, 1 << 40, u64::MAX] {
+            assert_eq!(request_id_text("p7", n), format!("p7{n:010x}"), "{n}");
+        }
+        assert_eq!(request_id_text("x", 255), "x00000000ff");
     }
 
     #[test]
