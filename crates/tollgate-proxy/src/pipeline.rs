@@ -1056,9 +1056,7 @@ fn uri_for(up: &Upstream, idx: usize, route: &Route, orig: &Uri) -> Result<Uri, 
                 .cloned()
                 .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
         );
-        return Uri::from_parts(parts).map_err(|_| {
-            Reject::new(ErrorCode::BadRequest).detail("reason", "invalid request target")
-        });
+        return Uri::from_parts(parts).map_err(|_| invalid_target());
     }
     let pq = orig.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let pq = if route.cfg.strip_prefix {
@@ -1075,7 +1073,11 @@ fn uri_for(up: &Upstream, idx: usize, route: &Route, orig: &Uri) -> Result<Uri, 
     let scheme = t.base.scheme_str().unwrap_or("http");
     format!("{scheme}://{}{base_path}{pq}", t.authority)
         .parse()
-        .map_err(|_| Reject::new(ErrorCode::BadRequest).detail("reason", "invalid request target"))
+        .map_err(|_| invalid_target())
+}
+
+fn invalid_target() -> Reject {
+    Reject::new(ErrorCode::BadRequest).detail("reason", "invalid request target")
 }
 
 #[cfg(test)]
