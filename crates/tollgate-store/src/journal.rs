@@ -118,17 +118,48 @@ pub enum Op {
     Admin(AdminOp),
 }
 
-struct Job {
+pub(crate) struct Job {
     op: Op,
     done: Option<Done>,
     /// The caller's thread inbox (a proxy worker): its answer goes there, woken once a batch.
     origin: Option<Arc<Inbox>>,
 }
 
+#[cfg(test)]
+impl Job {
+    /// A background job (no caller waits) named `name`.
+    pub(crate) fn for_test(name: &str) -> Job {
+        Job {
+            op: Op::Entries {
+                charge_id: name.to_string(),
+                occurred_ms: 0,
+                entries: Vec::new(),
+            },
+            done: None,
+            origin: None,
+        }
+    }
+
+    /// The name given to [`Job::for_test`].
+    pub(crate) fn test_name(&self) -> &str {
+        match &self.op {
+            Op::Entries { charge_id, .. } => charge_id,
+            _ => "",
+        }
+    }
+}
+
+/// What the writer receives: a job, or the jobs a worker thread queued in one round
+/// ([`completions`]).
+pub(crate) enum Msg {
+    One(Job),
+    Many(Vec<Job>),
+}
+
 /// Handle to the writer thread.
 #[derive(Clone)]
 pub struct Journal {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Msg>,
     /// The checkpointer stops once every handle is gone.
     _alive: std::sync::Arc<()>,
 }
@@ -246,7 +277,7 @@ impl Journal {
             .map_err(|e| StoreError::Sql(format!("cannot start projector thread: {e}")))?
             .thread()
             .clone();
-        let (tx, rx) = mpsc::channel::<Job>();
+        let (tx, rx) = mpsc::channel::<Msg>();
         thread::Builder::new()
             .name("tollgate-journal".into())
             .spawn(move || log_loop(log, rx, ptx, projector, strict))
@@ -257,13 +288,11 @@ impl Journal {
     /// Queue `op` and wait until it is durable.
     pub async fn write(&self, op: Op) -> Result<(), StoreError> {
         let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Job {
-                op,
-                done: Some(done),
-                origin: completions::current(),
-            })
-            .map_err(|_| StoreError::WriterGone)?;
+        self.submit(Job {
+            op,
+            done: Some(done),
+            origin: completions::current(),
+        })?;
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
@@ -276,13 +305,24 @@ impl Journal {
 
     /// Queue `op` without waiting (relaxed durability, background records).
     pub fn write_nowait(&self, op: Op) -> Result<(), StoreError> {
-        self.tx
-            .send(Job {
-                op,
-                done: None,
-                origin: None,
-            })
-            .map_err(|_| StoreError::WriterGone)
+        self.submit(Job {
+            op,
+            done: None,
+            origin: None,
+        })
+    }
+
+    /// Hand `job` to the writer: through this thread's outbox when it runs a
+    /// [`completions::pump`] (sent with the other jobs of the round), else directly.
+    fn submit(&self, job: Job) -> Result<(), StoreError> {
+        let id = std::sync::Arc::as_ptr(&self._alive) as usize;
+        match completions::submit(id, &self.tx, job) {
+            Ok(()) => Ok(()),
+            Err(job) => self
+                .tx
+                .send(Msg::One(job))
+                .map_err(|_| StoreError::WriterGone),
+        }
     }
 
     /// Run `f` inside a database transaction, durably, after everything queued before it
@@ -438,7 +478,7 @@ enum Projected {
 /// database commit.
 fn log_loop(
     mut log: chargelog::LogWriter,
-    rx: mpsc::Receiver<Job>,
+    rx: mpsc::Receiver<Msg>,
     ptx: mpsc::Sender<Vec<Projected>>,
     projector: thread::Thread,
     strict: bool,
@@ -451,10 +491,14 @@ fn log_loop(
     let relaxed_sync = std::time::Duration::from_millis(100);
     let mut last_sync = std::time::Instant::now();
     while let Ok(first) = rx.recv() {
-        batch.push(first);
+        let take = |batch: &mut Vec<Job>, m: Msg| match m {
+            Msg::One(j) => batch.push(j),
+            Msg::Many(js) => batch.extend(js),
+        };
+        take(&mut batch, first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(j) => batch.push(j),
+                Ok(m) => take(&mut batch, m),
                 Err(_) => break,
             }
         }
