@@ -21,7 +21,7 @@ use tollgate_core::config::{Durability, Overage};
 use tollgate_core::{ErrorCode, Money};
 use tollgate_store::{
     Actual, Denied, Hold, IdemGuard, IdemLookup, IdemRecord, KeyEntry, Op, Store, StoredResponse,
-    UsageRecord,
+    UsageRecord, UsageRef,
 };
 
 use crate::body::{limited, replay_body};
@@ -193,7 +193,7 @@ impl Gateway {
     ) -> Result<Response<Body>, Reject> {
         let server = &snap.config.server;
         // Head limits.
-        let head_bytes: usize = req.uri().to_string().len()
+        let head_bytes: usize = uri_len(req.uri())
             + req
                 .headers()
                 .iter()
@@ -688,13 +688,13 @@ impl Gateway {
                 legs,
                 tenant_legs,
             });
-            let usage = UsageRecord {
-                charge_id: adm.charge_id.clone(),
-                request_id: rid.to_string(),
+            let usage = UsageRef {
+                charge_id: &adm.charge_id,
+                request_id: rid,
                 tenant_seq: consumer.tenant.seq,
                 consumer_seq: consumer.seq,
-                key_id: Some(adm.key.id.to_string()),
-                route: route.cfg.id.clone(),
+                key_id: Some(&adm.key.id),
+                route: &route.cfg.id,
                 status: status.as_u16(),
                 requests: 1,
                 bytes: (adm.req_bytes + resp_bytes) as i64,
@@ -750,19 +750,24 @@ impl Gateway {
                 })),
                 _ => None,
             };
-            let op = Op::Charge {
-                usage: Box::new(usage),
-                entries: posting.entries.clone(),
-                idem: idem_rec.clone(),
-            };
-            if self.store.durability == Durability::Strict {
-                if let Err(e) = self.store.journal.write(op).await {
-                    tollgate_store::ledger::revert_posting(&consumer, &posting);
-                    tracing::error!(request_id = %rid, error = %e, "charge could not be made durable");
-                    return Err(Reject::new(ErrorCode::StoreUnavailable).retry_after(5));
+            let strict = self.store.durability == Durability::Strict;
+            let queued =
+                self.store
+                    .journal
+                    .charge(&usage, &posting.entries, idem_rec.as_deref(), strict);
+            let durable = match queued {
+                Ok(q) if strict => q.durable().await,
+                Ok(_) => Ok(()),
+                Err(e) if strict => Err(e),
+                Err(e) => {
+                    tracing::error!(request_id = %rid, error = %e, "charge could not be queued");
+                    Ok(())
                 }
-            } else if let Err(e) = self.store.journal.write_nowait(op) {
-                tracing::error!(request_id = %rid, error = %e, "charge could not be queued");
+            };
+            if let Err(e) = durable {
+                tollgate_store::ledger::revert_posting(&consumer, &posting);
+                tracing::error!(request_id = %rid, error = %e, "charge could not be made durable");
+                return Err(Reject::new(ErrorCode::StoreUnavailable).retry_after(5));
             }
             if let (Some(g), Some(rec)) = (adm.idem.take(), idem_rec) {
                 g.complete(StoredResponse {
@@ -983,6 +988,15 @@ fn forwarding(
     (xff, fwd)
 }
 
+/// Length of `uri` as written on the request line (origin form: path and query; absolute form:
+/// scheme, authority, path and query), without formatting it.
+fn uri_len(uri: &Uri) -> usize {
+    let scheme = uri.scheme_str().map_or(0, |s| s.len() + 3);
+    let authority = uri.authority().map_or(0, |a| a.as_str().len());
+    let path = uri.path_and_query().map_or(0, |p| p.as_str().len());
+    scheme + authority + path
+}
+
 fn unauth(e: tollgate_store::AuthError) -> Reject {
     Reject::new(ErrorCode::Unauthenticated).detail("reason", e.reason())
 }
@@ -1136,6 +1150,21 @@ mod tests {
             text(forwarding(v4, Some("api.example"), None, None)).0,
             "10.1.2.3"
         );
+    }
+
+    #[test]
+    fn uri_length_matches_the_written_form() {
+        for u in [
+            "/",
+            "/data/x?y=1&z=2",
+            "http://example.com/a/b?q",
+            "https://example.com:8443/",
+            "*",
+            "example.com:443",
+        ] {
+            let uri: Uri = u.parse().unwrap();
+            assert_eq!(uri_len(&uri), u.len(), "{u}");
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
-use crate::journal::{IdemRecord, StoreError, UsageRecord};
+use crate::journal::{IdemRecord, StoreError, UsageRecord, UsageRef};
 use crate::ledger::{AcctKey, AcctKind, Entry};
 
 /// First bytes of every segment file.
@@ -124,13 +124,23 @@ pub fn encode_charge(
     entries: &[Entry],
     idem: Option<&IdemRecord>,
 ) {
+    encode_usage(out, lsn, &usage.as_ref(), entries, idem)
+}
+
+/// [`encode_charge`] from borrowed parts.
+pub fn encode_usage(
+    out: &mut Vec<u8>,
+    lsn: u64,
+    u: &UsageRef<'_>,
+    entries: &[Entry],
+    idem: Option<&IdemRecord>,
+) {
     let start = begin(out, lsn, TAG_CHARGE);
-    let u = usage;
     put_bytes(out, u.charge_id.as_bytes());
     put_bytes(out, u.request_id.as_bytes());
     put_i64(out, u.tenant_seq);
     put_i64(out, u.consumer_seq);
-    put_opt_bytes(out, u.key_id.as_deref().map(str::as_bytes));
+    put_opt_bytes(out, u.key_id.map(str::as_bytes));
     put_bytes(out, u.route.as_bytes());
     put_u16(out, u.status);
     put_i64(out, u.requests);
@@ -172,6 +182,16 @@ pub fn encode_entries(
     put_i64(out, occurred_ms);
     put_entries(out, entries);
     finish(out, start);
+}
+
+/// Number a frame encoded with a placeholder sequence number (`frame` holds exactly one
+/// record) and seal it with its length and checksum again.
+pub(crate) fn seal(frame: &mut [u8], lsn: u64) {
+    if frame.len() < 16 {
+        return;
+    }
+    frame[8..16].copy_from_slice(&lsn.to_le_bytes());
+    finish(frame, 0);
 }
 
 fn begin(out: &mut Vec<u8>, lsn: u64, tag: u8) -> usize {

@@ -57,6 +57,8 @@ struct Pending {
     journal: usize,
     to: mpsc::Sender<Msg>,
     jobs: Vec<Job>,
+    /// Their log records, encoded here (see `Job::encode_into`).
+    frames: Vec<u8>,
 }
 
 thread_local! {
@@ -68,29 +70,9 @@ thread_local! {
 /// comes back when the thread has none (no pump runs here), to be sent directly.
 pub(crate) fn submit(journal: usize, to: &mpsc::Sender<Msg>, job: Job) -> Result<(), Job> {
     let mut job = Some(job);
-    let _ = OUTBOX.try_with(|o| {
-        let Ok(mut slot) = o.try_borrow_mut() else {
-            return;
-        };
-        let Some(outbox) = slot.as_mut() else {
-            return;
-        };
-        let Some(job) = job.take() else {
-            return;
-        };
-        let was_empty = outbox.queues.is_empty();
-        match outbox.queues.iter_mut().find(|p| p.journal == journal) {
-            Some(p) => p.jobs.push(job),
-            None => outbox.queues.push(Pending {
-                journal,
-                to: to.clone(),
-                jobs: vec![job],
-            }),
-        }
-        if was_empty {
-            if let Some(w) = &outbox.flusher {
-                w.wake_by_ref();
-            }
+    with_queue(journal, to, |jobs, frames| {
+        if let Some(j) = job.take() {
+            jobs.push(j.encode_into(frames));
         }
     });
     match job {
@@ -99,26 +81,59 @@ pub(crate) fn submit(journal: usize, to: &mpsc::Sender<Msg>, job: Job) -> Result
     }
 }
 
+/// Run `f` on this thread's queue for the journal `journal` (its jobs, and the buffer their
+/// encoded records go to), waking the flusher when the outbox was empty; `None` when the
+/// thread has no outbox.
+pub(crate) fn with_queue<R>(
+    journal: usize,
+    to: &mpsc::Sender<Msg>,
+    f: impl FnOnce(&mut Vec<Job>, &mut Vec<u8>) -> R,
+) -> Option<R> {
+    OUTBOX
+        .try_with(|o| {
+            let mut slot = o.try_borrow_mut().ok()?;
+            let outbox = slot.as_mut()?;
+            let was_empty = outbox.queues.is_empty();
+            let i = match outbox.queues.iter().position(|p| p.journal == journal) {
+                Some(i) => i,
+                None => {
+                    outbox.queues.push(Pending {
+                        journal,
+                        to: to.clone(),
+                        jobs: Vec::with_capacity(8),
+                        frames: Vec::with_capacity(1024),
+                    });
+                    outbox.queues.len() - 1
+                }
+            };
+            let p = outbox.queues.get_mut(i)?;
+            let r = f(&mut p.jobs, &mut p.frames);
+            if was_empty {
+                if let Some(w) = &outbox.flusher {
+                    w.wake_by_ref();
+                }
+            }
+            Some(r)
+        })
+        .ok()
+        .flatten()
+}
+
 /// Send every queued job, one message per journal (and forget the journals: a later one may
 /// reuse an address).
 fn flush(outbox: &mut Outbox) {
     for p in outbox.queues.drain(..) {
-        send_all(&p.to, p.jobs);
-    }
-}
-
-fn send_all(to: &mpsc::Sender<Msg>, mut jobs: Vec<Job>) {
-    let msg = match jobs.len() {
-        0 => return,
-        1 => match jobs.pop() {
-            Some(j) => Msg::One(j),
-            None => return,
-        },
-        _ => Msg::Many(jobs),
-    };
-    if to.send(msg).is_err() {
-        // The writer is gone: callers that wait see their answer dropped (`WriterGone`).
-        tracing::error!("journal writer stopped; queued records could not be sent");
+        if p.jobs.is_empty() {
+            continue;
+        }
+        let msg = Msg::Many {
+            jobs: p.jobs,
+            frames: p.frames,
+        };
+        if p.to.send(msg).is_err() {
+            // The writer is gone: callers that wait see their answer dropped (`WriterGone`).
+            tracing::error!("journal writer stopped; queued records could not be sent");
+        }
     }
 }
 
@@ -254,8 +269,8 @@ mod tests {
     fn names(msgs: Vec<Msg>) -> Vec<Vec<String>> {
         msgs.into_iter()
             .map(|m| match m {
-                Msg::One(j) => vec![j.test_name().to_string()],
-                Msg::Many(js) => js.iter().map(|j| j.test_name().to_string()).collect(),
+                Msg::One(j) => vec![j.test_name(&[])],
+                Msg::Many { jobs, frames } => jobs.iter().map(|j| j.test_name(&frames)).collect(),
             })
             .collect()
     }
@@ -269,7 +284,7 @@ mod tests {
         let (tx, rx) = mpsc::channel::<Msg>();
         // Without a pump, a job is handed back to be sent directly.
         let back = submit(7, &tx, Job::for_test("direct")).unwrap_err();
-        assert_eq!(back.test_name(), "direct");
+        assert_eq!(back.test_name(&[]), "direct");
         rt.block_on(async {
             let pump = tokio::spawn(pump());
             tokio::task::yield_now().await;

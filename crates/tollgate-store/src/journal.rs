@@ -72,6 +72,89 @@ pub struct UsageRecord {
     pub occurred_ms: i64,
 }
 
+/// A [`UsageRecord`] borrowing its strings, for recording a charge without copying them.
+#[derive(Clone, Copy, Debug)]
+pub struct UsageRef<'a> {
+    /// Charge id.
+    pub charge_id: &'a str,
+    /// Request id.
+    pub request_id: &'a str,
+    /// Tenant seq.
+    pub tenant_seq: i64,
+    /// Consumer seq.
+    pub consumer_seq: i64,
+    /// Key id.
+    pub key_id: Option<&'a str>,
+    /// Route id.
+    pub route: &'a str,
+    /// HTTP status returned.
+    pub status: u16,
+    /// Requests counted.
+    pub requests: i64,
+    /// Body bytes counted.
+    pub bytes: i64,
+    /// Money charged (micro-units).
+    pub cost: i64,
+    /// Whether it was charged.
+    pub charged: bool,
+    /// When, Unix ms.
+    pub occurred_ms: i64,
+}
+
+impl UsageRecord {
+    /// The record, borrowed.
+    pub fn as_ref(&self) -> UsageRef<'_> {
+        UsageRef {
+            charge_id: &self.charge_id,
+            request_id: &self.request_id,
+            tenant_seq: self.tenant_seq,
+            consumer_seq: self.consumer_seq,
+            key_id: self.key_id.as_deref(),
+            route: &self.route,
+            status: self.status,
+            requests: self.requests,
+            bytes: self.bytes,
+            cost: self.cost,
+            charged: self.charged,
+            occurred_ms: self.occurred_ms,
+        }
+    }
+}
+
+impl UsageRef<'_> {
+    /// An owned copy.
+    pub fn to_record(&self) -> UsageRecord {
+        UsageRecord {
+            charge_id: self.charge_id.to_string(),
+            request_id: self.request_id.to_string(),
+            tenant_seq: self.tenant_seq,
+            consumer_seq: self.consumer_seq,
+            key_id: self.key_id.map(str::to_string),
+            route: self.route.to_string(),
+            status: self.status,
+            requests: self.requests,
+            bytes: self.bytes,
+            cost: self.cost,
+            charged: self.charged,
+            occurred_ms: self.occurred_ms,
+        }
+    }
+}
+
+/// A charge queued by [`Journal::charge`]: [`Queued::durable`] resolves once it is on disk.
+#[must_use = "a strict caller must wait for the charge to be durable"]
+pub struct Queued(Option<oneshot::Receiver<Result<(), StoreError>>>);
+
+impl Queued {
+    /// Wait until the charge is durable (at once for a charge queued without waiting).
+    pub async fn durable(self) -> Result<(), StoreError> {
+        match self.0 {
+            Some(rx) => rx.await.map_err(|_| StoreError::WriterGone)?,
+            None => Ok(()),
+        }
+    }
+}
+
 /// A stored `Idempotency-Key` outcome.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdemRecord {
@@ -119,10 +202,42 @@ pub enum Op {
 }
 
 pub(crate) struct Job {
-    op: Op,
+    work: Work,
     done: Option<Done>,
     /// The caller's thread inbox (a proxy worker): its answer goes there, woken once a batch.
     origin: Option<Arc<Inbox>>,
+}
+
+/// What a job carries to the writer.
+enum Work {
+    /// A change as built by its caller (admin changes, and records from threads without an
+    /// outbox): the writer encodes it.
+    Op(Op),
+    /// A log record already encoded by its caller (its number still unset), at `range` of the
+    /// `buf`-th byte buffer the writer received. Encoding on the caller's thread frees the
+    /// record's parts there: freed by another thread, every block of them would come back to
+    /// the caller's allocator cold.
+    Frame {
+        buf: usize,
+        range: std::ops::Range<usize>,
+    },
+}
+
+impl Job {
+    /// Encode a logged change into `frames` (the buffer its message will carry) and drop the
+    /// change on this thread; other changes are kept as they are.
+    pub(crate) fn encode_into(mut self, frames: &mut Vec<u8>) -> Job {
+        if let Work::Op(op) = &self.work {
+            let start = frames.len();
+            if encode_logged(frames, 0, op) {
+                self.work = Work::Frame {
+                    buf: 0,
+                    range: start..frames.len(),
+                };
+            }
+        }
+        self
+    }
 }
 
 #[cfg(test)]
@@ -130,21 +245,28 @@ impl Job {
     /// A background job (no caller waits) named `name`.
     pub(crate) fn for_test(name: &str) -> Job {
         Job {
-            op: Op::Entries {
+            work: Work::Op(Op::Entries {
                 charge_id: name.to_string(),
                 occurred_ms: 0,
                 entries: Vec::new(),
-            },
+            }),
             done: None,
             origin: None,
         }
     }
 
-    /// The name given to [`Job::for_test`].
-    pub(crate) fn test_name(&self) -> &str {
-        match &self.op {
-            Op::Entries { charge_id, .. } => charge_id,
-            _ => "",
+    /// The name given to [`Job::for_test`], decoded from `frames` when it was encoded there.
+    pub(crate) fn test_name(&self, frames: &[u8]) -> String {
+        match &self.work {
+            Work::Op(Op::Entries { charge_id, .. }) => charge_id.clone(),
+            Work::Frame { range, .. } => match frames
+                .get(range.start + 8..range.end)
+                .map(chargelog::decode_payload)
+            {
+                Some(Ok((_, chargelog::Record::Entries { charge_id, .. }))) => charge_id,
+                _ => String::new(),
+            },
+            Work::Op(_) => String::new(),
         }
     }
 }
@@ -153,7 +275,11 @@ impl Job {
 /// ([`completions`]).
 pub(crate) enum Msg {
     One(Job),
-    Many(Vec<Job>),
+    /// Jobs of one round; their [`Work::Frame`]s are in `frames`.
+    Many {
+        jobs: Vec<Job>,
+        frames: Vec<u8>,
+    },
 }
 
 /// Handle to the writer thread.
@@ -289,7 +415,7 @@ impl Journal {
     pub async fn write(&self, op: Op) -> Result<(), StoreError> {
         let (done, rx) = oneshot::channel();
         self.submit(Job {
-            op,
+            work: Work::Op(op),
             done: Some(done),
             origin: completions::current(),
         })?;
@@ -306,10 +432,57 @@ impl Journal {
     /// Queue `op` without waiting (relaxed durability, background records).
     pub fn write_nowait(&self, op: Op) -> Result<(), StoreError> {
         self.submit(Job {
-            op,
+            work: Work::Op(op),
             done: None,
             origin: None,
         })
+    }
+
+    /// Queue a settled request's record (as [`Op::Charge`]) from borrowed parts; with
+    /// `wait`, [`Queued::durable`] resolves once it is on disk. On a thread with an outbox the
+    /// record is encoded there and then, copying nothing else.
+    pub fn charge(
+        &self,
+        usage: &UsageRef<'_>,
+        entries: &[Entry],
+        idem: Option<&IdemRecord>,
+        wait: bool,
+    ) -> Result<Queued, StoreError> {
+        let (mut done, rx) = if wait {
+            let (d, r) = oneshot::channel();
+            (Some(d), Some(r))
+        } else {
+            (None, None)
+        };
+        let mut origin = if wait { completions::current() } else { None };
+        let id = std::sync::Arc::as_ptr(&self._alive) as usize;
+        let queued = completions::with_queue(id, &self.tx, |jobs, frames| {
+            let start = frames.len();
+            chargelog::encode_usage(frames, 0, usage, entries, idem);
+            jobs.push(Job {
+                work: Work::Frame {
+                    buf: 0,
+                    range: start..frames.len(),
+                },
+                done: done.take(),
+                origin: origin.take(),
+            });
+        });
+        if queued.is_none() {
+            let op = Op::Charge {
+                usage: Box::new(usage.to_record()),
+                entries: entries.to_vec(),
+                idem: idem.map(|i| Box::new(i.clone())),
+            };
+            self.tx
+                .send(Msg::One(Job {
+                    work: Work::Op(op),
+                    done,
+                    origin,
+                }))
+                .map_err(|_| StoreError::WriterGone)?;
+        }
+        Ok(Queued(rx))
     }
 
     /// Hand `job` to the writer: through this thread's outbox when it runs a
@@ -465,6 +638,9 @@ pub(crate) fn upsert_accounts<'a>(
 enum Projected {
     /// A record that is in the log (already acknowledged to its caller).
     Logged(u64, Op),
+    /// The same, as the frame at `range` of the writer's batch buffer (decoded here, so what
+    /// decoding allocates is freed on this thread).
+    Frame(u64, Arc<Vec<u8>>, std::ops::Range<usize>),
     /// A change that is made durable by the database commit itself; `done` is answered then.
     Direct(Op, Option<Done>),
     /// A full segment: remove it once everything up to `last_lsn` is in the database.
@@ -484,36 +660,65 @@ fn log_loop(
     strict: bool,
 ) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
-    let mut lsns: Vec<u64> = Vec::with_capacity(MAX_BATCH);
+    // Frames encoded by callers, as received (a job's `Work::Frame::buf` indexes this).
+    let mut received: Vec<Vec<u8>> = Vec::new();
+    let mut buf: Vec<u8> = Vec::with_capacity(1 << 16);
+    // Per job: its log sequence number (0: not logged) and its frame's place in `buf`.
+    let mut placed: Vec<(u64, std::ops::Range<usize>)> = Vec::with_capacity(MAX_BATCH);
     let mut inboxes: Vec<Arc<Inbox>> = Vec::new();
     // Relaxed durability syncs the log at most this often; strict syncs every batch.
     let relaxed_sync = std::time::Duration::from_millis(100);
     let mut last_sync = std::time::Instant::now();
     while let Ok(first) = rx.recv() {
-        let take = |batch: &mut Vec<Job>, m: Msg| match m {
+        let take = |batch: &mut Vec<Job>, received: &mut Vec<Vec<u8>>, m: Msg| match m {
             Msg::One(j) => batch.push(j),
-            Msg::Many(js) => batch.extend(js),
+            Msg::Many { jobs, frames } => {
+                let at = received.len();
+                received.push(frames);
+                batch.extend(jobs.into_iter().map(|mut j| {
+                    if let Work::Frame { buf, .. } = &mut j.work {
+                        *buf = at;
+                    }
+                    j
+                }));
+            }
         };
-        take(&mut batch, first);
+        take(&mut batch, &mut received, first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(m) => take(&mut batch, m),
+                Ok(m) => take(&mut batch, &mut received, m),
                 Err(_) => break,
             }
         }
         buf.clear();
-        lsns.clear();
+        placed.clear();
         let first_lsn = log.next_lsn;
         for job in &batch {
-            let lsn = if encode_logged(&mut buf, log.next_lsn, &job.op) {
-                log.next_lsn += 1;
-                log.next_lsn - 1
-            } else {
-                0
+            let start = buf.len();
+            let logged = match &job.work {
+                Work::Op(op) => encode_logged(&mut buf, log.next_lsn, op),
+                Work::Frame { buf: b, range } => {
+                    match received.get(*b).and_then(|f| f.get(range.clone())) {
+                        Some(frame) => {
+                            buf.extend_from_slice(frame);
+                            chargelog::seal(&mut buf[start..], log.next_lsn);
+                            true
+                        }
+                        None => {
+                            tracing::error!("a caller's log record is out of its buffer");
+                            false
+                        }
+                    }
+                }
             };
-            lsns.push(lsn);
+            if logged {
+                log.next_lsn += 1;
+                placed.push((log.next_lsn - 1, start..buf.len()));
+            } else {
+                placed.push((0, start..start));
+            }
         }
+        received.clear();
         let written = if buf.is_empty() {
             Ok(())
         } else {
@@ -530,12 +735,30 @@ fn log_loop(
             // Nothing of this batch is durable: its numbers are handed out again.
             log.next_lsn = first_lsn;
         }
+        // The frames go on to the projector in this batch's buffer.
+        let frames = if batch.iter().any(|j| matches!(j.work, Work::Frame { .. })) {
+            let next = Vec::with_capacity(buf.capacity());
+            Some(Arc::new(std::mem::replace(&mut buf, next)))
+        } else {
+            None
+        };
         let mut out: Vec<Projected> = Vec::with_capacity(batch.len() + 1);
         let mut wake = false;
-        for (job, lsn) in batch.drain(..).zip(lsns.iter().copied()) {
+        for (job, (lsn, range)) in batch.drain(..).zip(placed.drain(..)) {
             let msg = if lsn == 0 {
-                wake |= job.done.is_some();
-                Projected::Direct(job.op, job.done)
+                match job.work {
+                    Work::Op(op) => {
+                        wake |= job.done.is_some();
+                        Projected::Direct(op, job.done)
+                    }
+                    // A frame that could not be placed: its caller learns it was not logged.
+                    Work::Frame { .. } => {
+                        if let Some(d) = job.done {
+                            answer(d, job.origin, Err(StoreError::WriterGone), &mut inboxes);
+                        }
+                        continue;
+                    }
+                }
             } else {
                 if let Some(d) = job.done {
                     answer(d, job.origin, written.clone(), &mut inboxes);
@@ -543,7 +766,11 @@ fn log_loop(
                 if written.is_err() {
                     continue;
                 }
-                Projected::Logged(lsn, job.op)
+                match (job.work, &frames) {
+                    (Work::Op(op), _) => Projected::Logged(lsn, op),
+                    (Work::Frame { .. }, Some(f)) => Projected::Frame(lsn, Arc::clone(f), range),
+                    (Work::Frame { .. }, None) => continue,
+                }
             };
             out.push(msg);
         }
@@ -676,7 +903,7 @@ fn projector_loop(mut conn: Connection, rx: mpsc::Receiver<Vec<Projected>>) {
         let batch_lsn = batch
             .iter()
             .filter_map(|m| match m {
-                Projected::Logged(lsn, _) => Some(*lsn),
+                Projected::Logged(lsn, _) | Projected::Frame(lsn, ..) => Some(*lsn),
                 _ => None,
             })
             .max()
@@ -703,7 +930,7 @@ fn projector_loop(mut conn: Connection, rx: mpsc::Receiver<Vec<Projected>>) {
                 // Logged records stay for the next attempt; direct changes were answered.
                 pending = batch
                     .into_iter()
-                    .filter(|m| matches!(m, Projected::Logged(..)))
+                    .filter(|m| matches!(m, Projected::Logged(..) | Projected::Frame(..)))
                     .collect();
                 if open {
                     thread::sleep(std::time::Duration::from_millis(500));
@@ -796,14 +1023,21 @@ fn apply_batch(
                 }
                 Projected::Logged(lsn, op) => {
                     max_lsn = max_lsn.max(*lsn);
-                    // A record the database refuses is kept aside rather than retried forever.
-                    tx.execute_batch("SAVEPOINT logged")?;
-                    match apply_logged(&tx, &mut st, op, &mut deltas, &mut seq) {
-                        Ok(()) => tx.execute_batch("RELEASE logged")?,
-                        Err(e) => {
-                            tx.execute_batch("ROLLBACK TO logged; RELEASE logged")?;
-                            reject(&tx, *lsn, op, &e)?;
+                    apply_or_set_aside(&tx, &mut st, *lsn, op, &mut deltas, &mut seq)?;
+                    Ok(())
+                }
+                Projected::Frame(lsn, buf, range) => {
+                    max_lsn = max_lsn.max(*lsn);
+                    let frame = buf.get(range.clone()).unwrap_or_default();
+                    match decode_frame(frame) {
+                        Ok(op) if !careful => {
+                            apply_logged(&tx, &mut st, &op, &mut deltas, &mut seq)?;
                         }
+                        Ok(op) => {
+                            apply_or_set_aside(&tx, &mut st, *lsn, &op, &mut deltas, &mut seq)?;
+                        }
+                        Err(e) if !careful => return Err(e),
+                        Err(e) => reject_frame(&tx, *lsn, frame, &e)?,
                     }
                     Ok(())
                 }
@@ -896,6 +1130,77 @@ fn apply_logged(
     }
 }
 
+/// Apply a logged record in a savepoint; a record the database refuses is kept aside in
+/// `log_rejects` rather than retried forever.
+fn apply_or_set_aside(
+    tx: &Transaction<'_>,
+    st: &mut Statements<'_>,
+    lsn: u64,
+    op: &Op,
+    deltas: &mut Deltas,
+    seq: &mut i64,
+) -> Result<(), StoreError> {
+    tx.execute_batch("SAVEPOINT logged")?;
+    match apply_logged(tx, st, op, deltas, seq) {
+        Ok(()) => tx.execute_batch("RELEASE logged")?,
+        Err(e) => {
+            tx.execute_batch("ROLLBACK TO logged; RELEASE logged")?;
+            reject(tx, lsn, op, &e)?;
+        }
+    }
+    Ok(())
+}
+
+/// The change a framed log record (`[len][crc][payload]`) holds.
+fn decode_frame(frame: &[u8]) -> Result<Op, StoreError> {
+    let payload = frame
+        .get(8..)
+        .ok_or_else(|| StoreError::Sql("charge log frame too short".into()))?;
+    chargelog::decode_payload(payload)
+        .map(|(_, rec)| Op::from(rec))
+        .map_err(|e| StoreError::Sql(e.to_string()))
+}
+
+/// Keep a frame that does not decode (so it is never lost silently).
+fn reject_frame(
+    tx: &Transaction<'_>,
+    lsn: u64,
+    frame: &[u8],
+    e: &StoreError,
+) -> Result<(), StoreError> {
+    tracing::error!(lsn, error = %e, "charge log record does not decode; kept in log_rejects");
+    tx.execute(
+        "INSERT INTO log_rejects(lsn, error, record) VALUES(?1, ?2, ?3) ON CONFLICT(lsn) DO NOTHING",
+        params![lsn as i64, e.to_string(), frame],
+    )?;
+    Ok(())
+}
+
+impl From<chargelog::Record> for Op {
+    fn from(rec: chargelog::Record) -> Op {
+        match rec {
+            chargelog::Record::Charge {
+                usage,
+                entries,
+                idem,
+            } => Op::Charge {
+                usage,
+                entries,
+                idem,
+            },
+            chargelog::Record::Entries {
+                charge_id,
+                occurred_ms,
+                entries,
+            } => Op::Entries {
+                charge_id,
+                occurred_ms,
+                entries,
+            },
+        }
+    }
+}
+
 /// Append `op`'s log record to `out`; `false` for changes that are not logged (admin).
 fn encode_logged(out: &mut Vec<u8>, lsn: u64, op: &Op) -> bool {
     match op {
@@ -952,34 +1257,8 @@ pub fn replay_log(conn: &mut Connection, db_path: &Path) -> Result<(u64, usize),
         let mut deltas = Deltas::default();
         let mut st = Statements::prepare(&tx)?;
         for (lsn, rec) in records {
-            let op = match rec {
-                chargelog::Record::Charge {
-                    usage,
-                    entries,
-                    idem,
-                } => Op::Charge {
-                    usage,
-                    entries,
-                    idem,
-                },
-                chargelog::Record::Entries {
-                    charge_id,
-                    occurred_ms,
-                    entries,
-                } => Op::Entries {
-                    charge_id,
-                    occurred_ms,
-                    entries,
-                },
-            };
-            tx.execute_batch("SAVEPOINT logged")?;
-            match apply_logged(&tx, &mut st, &op, &mut deltas, &mut seq) {
-                Ok(()) => tx.execute_batch("RELEASE logged")?,
-                Err(e) => {
-                    tx.execute_batch("ROLLBACK TO logged; RELEASE logged")?;
-                    reject(&tx, lsn, &op, &e)?;
-                }
-            }
+            let op = Op::from(rec);
+            apply_or_set_aside(&tx, &mut st, lsn, &op, &mut deltas, &mut seq)?;
         }
         drop(st);
         tx.execute(
