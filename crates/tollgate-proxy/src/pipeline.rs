@@ -494,7 +494,7 @@ impl Gateway {
                     .map_err(|_| unauth(tollgate_store::AuthError::Malformed))?;
                 let (scheme, rest) = s
                     .split_once(' ')
-                    .ok_or(unauth(tollgate_store::AuthError::Malformed))?;
+                    .ok_or_else(|| unauth(tollgate_store::AuthError::Malformed))?;
                 if !scheme.eq_ignore_ascii_case("bearer") {
                     return Err(unauth(tollgate_store::AuthError::Malformed)
                         .detail("hint", "use the Bearer scheme"));
@@ -845,12 +845,13 @@ impl ForwardBody {
     }
 }
 
+// `HeaderValue::try_from(String)` takes the string's buffer; `from_str` would copy it.
 fn money_header(m: Money) -> HeaderValue {
-    HeaderValue::from_str(&m.to_string()).unwrap_or_else(|_| HeaderValue::from_static("0.00"))
+    HeaderValue::try_from(m.to_string()).unwrap_or_else(|_| HeaderValue::from_static("0.00"))
 }
 
 fn push_header(v: &mut Vec<(HeaderName, HeaderValue)>, k: &HeaderName, s: String) {
-    if let Ok(h) = HeaderValue::from_str(&s) {
+    if let Ok(h) = HeaderValue::try_from(s) {
         v.push((k.clone(), h));
     }
 }
