@@ -21,7 +21,7 @@ use tollgate_core::config::{Durability, Overage};
 use tollgate_core::{ErrorCode, Money};
 use tollgate_store::{
     Actual, Denied, Hold, IdemGuard, IdemLookup, IdemRecord, KeyEntry, Op, Store, StoredResponse,
-    UsageRecord, UsageRef,
+    UsageRecord,
 };
 
 use crate::body::{limited, replay_body};
@@ -688,13 +688,13 @@ impl Gateway {
                 legs,
                 tenant_legs,
             });
-            let usage = UsageRef {
-                charge_id: &adm.charge_id,
-                request_id: rid,
+            let usage = UsageRecord {
+                charge_id: adm.charge_id.clone(),
+                request_id: rid.to_string(),
                 tenant_seq: consumer.tenant.seq,
                 consumer_seq: consumer.seq,
-                key_id: Some(&adm.key.id),
-                route: &route.cfg.id,
+                key_id: Some(adm.key.id.to_string()),
+                route: route.cfg.id.clone(),
                 status: status.as_u16(),
                 requests: 1,
                 bytes: (adm.req_bytes + resp_bytes) as i64,
@@ -750,24 +750,19 @@ impl Gateway {
                 })),
                 _ => None,
             };
-            let strict = self.store.durability == Durability::Strict;
-            let queued =
-                self.store
-                    .journal
-                    .charge(&usage, &posting.entries, idem_rec.as_deref(), strict);
-            let durable = match queued {
-                Ok(q) if strict => q.durable().await,
-                Ok(_) => Ok(()),
-                Err(e) if strict => Err(e),
-                Err(e) => {
-                    tracing::error!(request_id = %rid, error = %e, "charge could not be queued");
-                    Ok(())
-                }
+            let op = Op::Charge {
+                usage: Box::new(usage),
+                entries: posting.entries.clone(),
+                idem: idem_rec.clone(),
             };
-            if let Err(e) = durable {
-                tollgate_store::ledger::revert_posting(&consumer, &posting);
-                tracing::error!(request_id = %rid, error = %e, "charge could not be made durable");
-                return Err(Reject::new(ErrorCode::StoreUnavailable).retry_after(5));
+            if self.store.durability == Durability::Strict {
+                if let Err(e) = self.store.journal.write(op).await {
+                    tollgate_store::ledger::revert_posting(&consumer, &posting);
+                    tracing::error!(request_id = %rid, error = %e, "charge could not be made durable");
+                    return Err(Reject::new(ErrorCode::StoreUnavailable).retry_after(5));
+                }
+            } else if let Err(e) = self.store.journal.write_nowait(op) {
+                tracing::error!(request_id = %rid, error = %e, "charge could not be queued");
             }
             if let (Some(g), Some(rec)) = (adm.idem.take(), idem_rec) {
                 g.complete(StoredResponse {

@@ -26,7 +26,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
-use crate::journal::{IdemRecord, StoreError, UsageRecord, UsageRef};
+use crate::journal::{IdemRecord, StoreError, UsageRecord};
 use crate::ledger::{AcctKey, AcctKind, Entry};
 
 /// First bytes of every segment file.
@@ -124,23 +124,13 @@ pub fn encode_charge(
     entries: &[Entry],
     idem: Option<&IdemRecord>,
 ) {
-    encode_usage(out, lsn, &usage.as_ref(), entries, idem)
-}
-
-/// [`encode_charge`] from borrowed parts.
-pub fn encode_usage(
-    out: &mut Vec<u8>,
-    lsn: u64,
-    u: &UsageRef<'_>,
-    entries: &[Entry],
-    idem: Option<&IdemRecord>,
-) {
     let start = begin(out, lsn, TAG_CHARGE);
+    let u = usage;
     put_bytes(out, u.charge_id.as_bytes());
     put_bytes(out, u.request_id.as_bytes());
     put_i64(out, u.tenant_seq);
     put_i64(out, u.consumer_seq);
-    put_opt_bytes(out, u.key_id.map(str::as_bytes));
+    put_opt_bytes(out, u.key_id.as_deref().map(str::as_bytes));
     put_bytes(out, u.route.as_bytes());
     put_u16(out, u.status);
     put_i64(out, u.requests);

@@ -70,53 +70,41 @@ thread_local! {
 /// comes back when the thread has none (no pump runs here), to be sent directly.
 pub(crate) fn submit(journal: usize, to: &mpsc::Sender<Msg>, job: Job) -> Result<(), Job> {
     let mut job = Some(job);
-    with_queue(journal, to, |jobs, frames| {
-        if let Some(j) = job.take() {
-            jobs.push(j.encode_into(frames));
+    let _ = OUTBOX.try_with(|o| {
+        let Ok(mut slot) = o.try_borrow_mut() else {
+            return;
+        };
+        let Some(outbox) = slot.as_mut() else {
+            return;
+        };
+        let Some(j) = job.take() else {
+            return;
+        };
+        let was_empty = outbox.queues.is_empty();
+        let i = match outbox.queues.iter().position(|p| p.journal == journal) {
+            Some(i) => i,
+            None => {
+                outbox.queues.push(Pending {
+                    journal,
+                    to: to.clone(),
+                    jobs: Vec::with_capacity(8),
+                    frames: Vec::with_capacity(1024),
+                });
+                outbox.queues.len() - 1
+            }
+        };
+        let p = &mut outbox.queues[i];
+        p.jobs.push(j.encode_into(&mut p.frames));
+        if was_empty {
+            if let Some(w) = &outbox.flusher {
+                w.wake_by_ref();
+            }
         }
     });
     match job {
         None => Ok(()),
         Some(job) => Err(job),
     }
-}
-
-/// Run `f` on this thread's queue for the journal `journal` (its jobs, and the buffer their
-/// encoded records go to), waking the flusher when the outbox was empty; `None` when the
-/// thread has no outbox.
-pub(crate) fn with_queue<R>(
-    journal: usize,
-    to: &mpsc::Sender<Msg>,
-    f: impl FnOnce(&mut Vec<Job>, &mut Vec<u8>) -> R,
-) -> Option<R> {
-    OUTBOX
-        .try_with(|o| {
-            let mut slot = o.try_borrow_mut().ok()?;
-            let outbox = slot.as_mut()?;
-            let was_empty = outbox.queues.is_empty();
-            let i = match outbox.queues.iter().position(|p| p.journal == journal) {
-                Some(i) => i,
-                None => {
-                    outbox.queues.push(Pending {
-                        journal,
-                        to: to.clone(),
-                        jobs: Vec::with_capacity(8),
-                        frames: Vec::with_capacity(1024),
-                    });
-                    outbox.queues.len() - 1
-                }
-            };
-            let p = outbox.queues.get_mut(i)?;
-            let r = f(&mut p.jobs, &mut p.frames);
-            if was_empty {
-                if let Some(w) = &outbox.flusher {
-                    w.wake_by_ref();
-                }
-            }
-            Some(r)
-        })
-        .ok()
-        .flatten()
 }
 
 /// Send every queued job, one message per journal (and forget the journals: a later one may

@@ -72,89 +72,6 @@ pub struct UsageRecord {
     pub occurred_ms: i64,
 }
 
-/// A [`UsageRecord`] borrowing its strings, for recording a charge without copying them.
-#[derive(Clone, Copy, Debug)]
-pub struct UsageRef<'a> {
-    /// Charge id.
-    pub charge_id: &'a str,
-    /// Request id.
-    pub request_id: &'a str,
-    /// Tenant seq.
-    pub tenant_seq: i64,
-    /// Consumer seq.
-    pub consumer_seq: i64,
-    /// Key id.
-    pub key_id: Option<&'a str>,
-    /// Route id.
-    pub route: &'a str,
-    /// HTTP status returned.
-    pub status: u16,
-    /// Requests counted.
-    pub requests: i64,
-    /// Body bytes counted.
-    pub bytes: i64,
-    /// Money charged (micro-units).
-    pub cost: i64,
-    /// Whether it was charged.
-    pub charged: bool,
-    /// When, Unix ms.
-    pub occurred_ms: i64,
-}
-
-impl UsageRecord {
-    /// The record, borrowed.
-    pub fn as_ref(&self) -> UsageRef<'_> {
-        UsageRef {
-            charge_id: &self.charge_id,
-            request_id: &self.request_id,
-            tenant_seq: self.tenant_seq,
-            consumer_seq: self.consumer_seq,
-            key_id: self.key_id.as_deref(),
-            route: &self.route,
-            status: self.status,
-            requests: self.requests,
-            bytes: self.bytes,
-            cost: self.cost,
-            charged: self.charged,
-            occurred_ms: self.occurred_ms,
-        }
-    }
-}
-
-impl UsageRef<'_> {
-    /// An owned copy.
-    pub fn to_record(&self) -> UsageRecord {
-        UsageRecord {
-            charge_id: self.charge_id.to_string(),
-            request_id: self.request_id.to_string(),
-            tenant_seq: self.tenant_seq,
-            consumer_seq: self.consumer_seq,
-            key_id: self.key_id.map(str::to_string),
-            route: self.route.to_string(),
-            status: self.status,
-            requests: self.requests,
-            bytes: self.bytes,
-            cost: self.cost,
-            charged: self.charged,
-            occurred_ms: self.occurred_ms,
-        }
-    }
-}
-
-/// A charge queued by [`Journal::charge`]: [`Queued::durable`] resolves once it is on disk.
-#[must_use = "a strict caller must wait for the charge to be durable"]
-pub struct Queued(Option<oneshot::Receiver<Result<(), StoreError>>>);
-
-impl Queued {
-    /// Wait until the charge is durable (at once for a charge queued without waiting).
-    pub async fn durable(self) -> Result<(), StoreError> {
-        match self.0 {
-            Some(rx) => rx.await.map_err(|_| StoreError::WriterGone)?,
-            None => Ok(()),
-        }
-    }
-}
-
 /// A stored `Idempotency-Key` outcome.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdemRecord {
@@ -436,53 +353,6 @@ impl Journal {
             done: None,
             origin: None,
         })
-    }
-
-    /// Queue a settled request's record (as [`Op::Charge`]) from borrowed parts; with
-    /// `wait`, [`Queued::durable`] resolves once it is on disk. On a thread with an outbox the
-    /// record is encoded there and then, copying nothing else.
-    pub fn charge(
-        &self,
-        usage: &UsageRef<'_>,
-        entries: &[Entry],
-        idem: Option<&IdemRecord>,
-        wait: bool,
-    ) -> Result<Queued, StoreError> {
-        let (mut done, rx) = if wait {
-            let (d, r) = oneshot::channel();
-            (Some(d), Some(r))
-        } else {
-            (None, None)
-        };
-        let mut origin = if wait { completions::current() } else { None };
-        let id = std::sync::Arc::as_ptr(&self._alive) as usize;
-        let queued = completions::with_queue(id, &self.tx, |jobs, frames| {
-            let start = frames.len();
-            chargelog::encode_usage(frames, 0, usage, entries, idem);
-            jobs.push(Job {
-                work: Work::Frame {
-                    buf: 0,
-                    range: start..frames.len(),
-                },
-                done: done.take(),
-                origin: origin.take(),
-            });
-        });
-        if queued.is_none() {
-            let op = Op::Charge {
-                usage: Box::new(usage.to_record()),
-                entries: entries.to_vec(),
-                idem: idem.map(|i| Box::new(i.clone())),
-            };
-            self.tx
-                .send(Msg::One(Job {
-                    work: Work::Op(op),
-                    done,
-                    origin,
-                }))
-                .map_err(|_| StoreError::WriterGone)?;
-        }
-        Ok(Queued(rx))
     }
 
     /// Hand `job` to the writer: through this thread's outbox when it runs a
@@ -1037,7 +907,7 @@ fn apply_batch(
                             apply_or_set_aside(&tx, &mut st, *lsn, &op, &mut deltas, &mut seq)?;
                         }
                         Err(e) if !careful => return Err(e),
-                        Err(e) => reject_frame(&tx, *lsn, frame, &e)?,
+                        Err(e) => keep_rejected(&tx, *lsn, frame, &e, "does not decode")?,
                     }
                     Ok(())
                 }
@@ -1161,14 +1031,16 @@ fn decode_frame(frame: &[u8]) -> Result<Op, StoreError> {
         .map_err(|e| StoreError::Sql(e.to_string()))
 }
 
-/// Keep a frame that does not decode (so it is never lost silently).
-fn reject_frame(
+/// Keep a log record (its frame) that could not be applied in `log_rejects`, so it is never
+/// lost silently; `why` says what went wrong with it.
+fn keep_rejected(
     tx: &Transaction<'_>,
     lsn: u64,
     frame: &[u8],
     e: &StoreError,
+    why: &str,
 ) -> Result<(), StoreError> {
-    tracing::error!(lsn, error = %e, "charge log record does not decode; kept in log_rejects");
+    tracing::error!(lsn, error = %e, why, "charge log record kept in log_rejects");
     tx.execute(
         "INSERT INTO log_rejects(lsn, error, record) VALUES(?1, ?2, ?3) ON CONFLICT(lsn) DO NOTHING",
         params![lsn as i64, e.to_string(), frame],
@@ -1219,16 +1091,11 @@ fn encode_logged(out: &mut Vec<u8>, lsn: u64, op: &Op) -> bool {
     true
 }
 
-/// Keep a logged record the database refused (so it is never lost silently).
+/// Keep a logged record the database refused.
 fn reject(tx: &Transaction<'_>, lsn: u64, op: &Op, e: &StoreError) -> Result<(), StoreError> {
     let mut buf = Vec::new();
     encode_logged(&mut buf, lsn, op);
-    tracing::error!(lsn, error = %e, "charge log record refused by the database; kept in log_rejects");
-    tx.execute(
-        "INSERT INTO log_rejects(lsn, error, record) VALUES(?1, ?2, ?3) ON CONFLICT(lsn) DO NOTHING",
-        params![lsn as i64, e.to_string(), buf],
-    )?;
-    Ok(())
+    keep_rejected(tx, lsn, &buf, e, "refused by the database")
 }
 
 /// Apply the records of the charge log that the database does not have yet (after a crash,

@@ -27,7 +27,7 @@ pub use directory::{
     AuthError, ConsumerEntry, Directory, KeyEntry, OptMs, SubStatus, Subscription, TenantEntry,
 };
 pub use idempotency::{IdemGuard, IdemIndex, IdemLookup, StoredResponse};
-pub use journal::{IdemRecord, Journal, Op, Queued, StoreError, UsageRecord, UsageRef};
+pub use journal::{IdemRecord, Journal, Op, StoreError, UsageRecord};
 pub use ledger::{
     AcctKey, AcctKind, Actual, Denied, Entry, Hold, LedgerShared, Leg, Posting, ReserveSpec,
 };
