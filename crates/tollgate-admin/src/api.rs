@@ -51,6 +51,7 @@ pub fn routes() -> OpenApiRouter<AdminState> {
         .routes(routes!(list_entries))
         .routes(routes!(usage))
         .routes(routes!(list_x402_payments))
+        .routes(routes!(journal_stats))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -151,6 +152,39 @@ fn store_status(c: &Consumer) -> SubStatus {
 pub async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".into(),
+    })
+}
+
+/// The charge log writer's counters since start: records, group commits and the disk's sync
+/// latency (a histogram with fixed bounds, and the bucket bounds of its percentiles).
+#[utoipa::path(get, path = "/v1/journal", tag = "meta",
+    responses((status = 200, description = "Charge log counters", body = JournalStats),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorResponse)))]
+pub async fn journal_stats(State(st): State<AdminState>) -> Json<JournalStats> {
+    let s = st.store.journal.stats();
+    let durability = match st.store.durability {
+        tollgate_core::config::Durability::Strict => "strict",
+        tollgate_core::config::Durability::Relaxed => "relaxed",
+    };
+    let sync_histogram = s
+        .buckets
+        .iter()
+        .enumerate()
+        .map(|(i, &count)| SyncBucket {
+            le_us: tollgate_store::SYNC_BUCKETS_US.get(i).copied(),
+            count,
+        })
+        .collect();
+    Json(JournalStats {
+        durability: durability.into(),
+        records: s.records,
+        commits: s.commits,
+        syncs: s.syncs,
+        sync_mean_us: s.sync_us_total.checked_div(s.syncs),
+        sync_p50_us: s.sync_quantile_us(0.5),
+        sync_p99_us: s.sync_quantile_us(0.99),
+        sync_p999_us: s.sync_quantile_us(0.999),
+        sync_histogram,
     })
 }
 

@@ -59,6 +59,8 @@ pub enum AdminCommand {
     /// x402 payments recorded by the gateway.
     #[command(subcommand)]
     X402(X402Cmd),
+    /// Show the charge log's counters: records, group commits, sync latency of the disk.
+    Journal,
     /// Print the OpenAPI document of the admin API.
     Openapi,
     /// Check that the admin API answers.
@@ -587,6 +589,7 @@ pub fn call_for(cmd: &AdminCommand) -> Result<Call, CliError> {
             .query("state", state)
             .query("after", after)
             .query("limit", limit),
+        AdminCommand::Journal => Call::new(M::GET, &["v1", "journal"]),
         AdminCommand::Openapi => Call::new(M::GET, &["openapi.json"]),
         AdminCommand::Health => Call::new(M::GET, &["healthz"]),
     })

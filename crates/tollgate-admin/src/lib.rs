@@ -302,12 +302,13 @@ mod tests {
             "/v1/consumers/{id}/entries",
             "/v1/consumers/{id}/usage",
             "/v1/x402/payments",
+            "/v1/journal",
         ] {
             assert!(
                 doc.paths.paths.contains_key(p),
                 "{p} missing from {paths:?}"
             );
         }
-        assert_eq!(doc.paths.paths.len(), 19);
+        assert_eq!(doc.paths.paths.len(), 20);
     }
 }

@@ -710,3 +710,39 @@ pub struct X402PaymentQuery {
     /// Page size, 1–1000 (default 100).
     pub limit: Option<usize>,
 }
+
+/// One bucket of the charge log's sync latency histogram.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SyncBucket {
+    /// Upper bound of the bucket in microseconds (inclusive); `null` for the last bucket,
+    /// which holds every sync slower than the bounds before it.
+    pub le_us: Option<u64>,
+    /// Syncs in this bucket (not cumulative).
+    pub count: u64,
+}
+
+/// The charge log writer since the gateway started: what it appended and how long the disk
+/// took to make it durable. A strict-mode response waits for one sync, so `sync_p99_us` is
+/// the floor under the gateway's p99 latency on this disk.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct JournalStats {
+    /// `strict` (a response waits until its charge is on disk) or `relaxed`.
+    pub durability: String,
+    /// Records appended (charges and ledger entries).
+    pub records: u64,
+    /// Group commits: appends of everything that had queued, each with at most one sync.
+    pub commits: u64,
+    /// `fdatasync` calls.
+    pub syncs: u64,
+    /// Mean sync duration in microseconds (`null` before the first sync).
+    pub sync_mean_us: Option<u64>,
+    /// Upper bound of the bucket holding the median sync, in microseconds (`null` before the
+    /// first sync or when it falls in the last, open bucket). Likewise for the next two.
+    pub sync_p50_us: Option<u64>,
+    /// The 99th percentile's bucket bound, microseconds.
+    pub sync_p99_us: Option<u64>,
+    /// The 99.9th percentile's bucket bound, microseconds.
+    pub sync_p999_us: Option<u64>,
+    /// Every bucket, fastest first.
+    pub sync_histogram: Vec<SyncBucket>,
+}

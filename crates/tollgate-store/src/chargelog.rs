@@ -24,10 +24,12 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::journal::{IdemRecord, StoreError, UsageRecord};
 use crate::ledger::{AcctKey, AcctKind, Entry};
+use crate::logstats::LogStats;
 
 /// First bytes of every segment file.
 pub const MAGIC: &[u8; 8] = b"TGCLOG01";
@@ -449,6 +451,8 @@ pub struct LogWriter {
     spare: Option<JoinHandle<std::io::Result<File>>>,
     /// Next sequence number to hand out.
     pub next_lsn: u64,
+    /// Sync latency and commit counters.
+    stats: Arc<LogStats>,
 }
 
 impl LogWriter {
@@ -477,6 +481,7 @@ impl LogWriter {
             prefilled: false,
             spare: None,
             next_lsn,
+            stats: Arc::default(),
         })
     }
 
@@ -517,6 +522,11 @@ impl LogWriter {
         Ok(file)
     }
 
+    /// The writer's counters (sync latency, commits), to read while it runs.
+    pub fn stats(&self) -> Arc<LogStats> {
+        Arc::clone(&self.stats)
+    }
+
     /// Whether the current segment is prefilled (for tests and diagnostics).
     pub fn prefilled(&self) -> bool {
         self.prefilled
@@ -526,16 +536,16 @@ impl LogWriter {
     /// counts as written: the segment is closed (a reader stops at the partial batch) and the
     /// next append goes to a fresh segment.
     pub fn append(&mut self, buf: &[u8], sync: bool) -> Result<(), StoreError> {
-        let r =
-            self.file.write_all(buf).and_then(
-                |()| {
-                    if sync {
-                        self.file.sync_data()
-                    } else {
-                        Ok(())
-                    }
-                },
-            );
+        let r = self.file.write_all(buf).and_then(|()| {
+            if sync {
+                let started = std::time::Instant::now();
+                let r = self.file.sync_data();
+                self.stats.record_sync(started.elapsed());
+                r
+            } else {
+                Ok(())
+            }
+        });
         match r {
             Ok(()) => {
                 self.bytes += buf.len() as u64;

@@ -203,6 +203,8 @@ pub(crate) enum Msg {
 #[derive(Clone)]
 pub struct Journal {
     tx: mpsc::Sender<Msg>,
+    /// The log writer's counters.
+    stats: Arc<crate::logstats::LogStats>,
     /// The checkpointer stops once every handle is gone.
     _alive: std::sync::Arc<()>,
 }
@@ -307,6 +309,7 @@ impl Journal {
     ) -> Result<Journal, StoreError> {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let log = chargelog::LogWriter::create(&chargelog::dir_for(db_path), next_lsn)?;
+        let stats = log.stats();
         let alive = std::sync::Arc::new(());
         let weak = std::sync::Arc::downgrade(&alive);
         thread::Builder::new()
@@ -325,7 +328,16 @@ impl Journal {
             .name("tollgate-journal".into())
             .spawn(move || log_loop(log, rx, ptx, projector, strict))
             .map_err(|e| StoreError::Sql(format!("cannot start writer thread: {e}")))?;
-        Ok(Journal { tx, _alive: alive })
+        Ok(Journal {
+            tx,
+            stats,
+            _alive: alive,
+        })
+    }
+
+    /// The charge log writer's counters now: records, group commits, sync latency.
+    pub fn stats(&self) -> crate::logstats::LogStatsSnapshot {
+        self.stats.snapshot()
     }
 
     /// Queue `op` and wait until it is durable.
@@ -536,6 +548,7 @@ fn log_loop(
     // Per job: its log sequence number (0: not logged) and its frame's place in `buf`.
     let mut placed: Vec<(u64, std::ops::Range<usize>)> = Vec::with_capacity(MAX_BATCH);
     let mut inboxes: Vec<Arc<Inbox>> = Vec::new();
+    let stats = log.stats();
     // Relaxed durability syncs the log at most this often; strict syncs every batch.
     let relaxed_sync = std::time::Duration::from_millis(100);
     let mut last_sync = std::time::Instant::now();
@@ -604,6 +617,8 @@ fn log_loop(
         if written.is_err() {
             // Nothing of this batch is durable: its numbers are handed out again.
             log.next_lsn = first_lsn;
+        } else if log.next_lsn > first_lsn {
+            stats.record_commit(log.next_lsn - first_lsn);
         }
         // The frames go on to the projector in this batch's buffer.
         let frames = if batch.iter().any(|j| matches!(j.work, Work::Frame { .. })) {

@@ -10,6 +10,7 @@ pub mod idempotency;
 pub mod index;
 pub mod journal;
 pub mod ledger;
+pub mod logstats;
 pub mod x402;
 
 use std::path::Path;
@@ -31,6 +32,7 @@ pub use journal::{IdemRecord, Journal, Op, StoreError, UsageRecord};
 pub use ledger::{
     AcctKey, AcctKind, Actual, Denied, Entry, Hold, LedgerShared, Leg, Posting, ReserveSpec,
 };
+pub use logstats::{LogStats, LogStatsSnapshot, SYNC_BUCKETS_US};
 
 use directory::{generate_key, hash_key};
 use ledger::{ConsumerState, TenantState};

@@ -1016,7 +1016,7 @@ async fn openapi_document_is_public_and_complete() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["openapi"].as_str().unwrap().get(..2), Some("3."));
     let paths = r.body["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 19, "{:?}", paths.keys().collect::<Vec<_>>());
+    assert_eq!(paths.len(), 20, "{:?}", paths.keys().collect::<Vec<_>>());
     assert_eq!(
         paths["/v1/consumers/{id}/credits"]["post"]["requestBody"]["required"],
         true
@@ -1038,6 +1038,54 @@ async fn openapi_document_is_public_and_complete() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn journal_reports_commits_and_the_disks_sync_latency() {
+    let e = env().await;
+    let before = e.get("/v1/journal").await;
+    assert_eq!(before.status, StatusCode::OK, "{}", before.body);
+    assert_eq!(before.body["durability"], "strict");
+    // What a settled request logs (admin changes go to the database, not the log): each
+    // write is durable (strict) before it returns.
+    for id in ["j-1", "j-2"] {
+        e.state
+            .store
+            .journal
+            .write(tollgate_store::Op::Entries {
+                charge_id: id.into(),
+                occurred_ms: ms(NOW),
+                entries: Vec::new(),
+            })
+            .await
+            .unwrap();
+    }
+    let r = e.get("/v1/journal").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let n = |v: &Value, k: &str| v[k].as_u64().unwrap();
+    assert!(
+        n(&r.body, "records") >= n(&before.body, "records") + 2,
+        "{}",
+        r.body
+    );
+    assert!(n(&r.body, "commits") > n(&before.body, "commits"));
+    assert!(n(&r.body, "syncs") > n(&before.body, "syncs"));
+    let hist = r.body["sync_histogram"].as_array().unwrap();
+    let counted: u64 = hist.iter().map(|b| b["count"].as_u64().unwrap()).sum();
+    assert_eq!(counted, n(&r.body, "syncs"));
+    assert!(hist.last().unwrap()["le_us"].is_null());
+    assert!(hist[0]["le_us"].as_u64().unwrap() > 0);
+    // Percentiles are bucket bounds, in order.
+    let p50 = n(&r.body, "sync_p50_us");
+    let p99 = n(&r.body, "sync_p99_us");
+    assert!(hist.iter().any(|b| b["le_us"].as_u64() == Some(p50)));
+    assert!(p50 <= p99, "{}", r.body);
+    assert!(r.body["sync_mean_us"].is_u64());
+    // Admin only.
+    let anon = e
+        .raw(Request::get("/v1/journal").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(anon.status, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]

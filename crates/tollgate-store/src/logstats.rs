@@ -1,0 +1,160 @@
+//! Counters of the charge log writer: records and group commits since start, and how long
+//! each `fdatasync` took, in fixed buckets. A strict-mode response waits for one such sync,
+//! so the sync latency of the disk under the gateway's own load is the floor under its
+//! latency; operators read it from the admin API (`GET /v1/journal`), and `bench/run` reads it
+//! around its fixed-rate lane. Recording is a few relaxed atomic adds on the writer thread.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (microseconds, inclusive) of the sync latency buckets; one more bucket holds
+/// everything slower than the last bound.
+pub const SYNC_BUCKETS_US: [u64; 27] = [
+    25, 50, 75, 100, 125, 150, 175, 200, 250, 300, 350, 400, 500, 600, 700, 800, 1_000, 1_250,
+    1_500, 2_000, 2_500, 3_000, 5_000, 10_000, 25_000, 100_000, 1_000_000,
+];
+
+/// Live counters, shared by the log writer (which records) and readers (which snapshot).
+#[derive(Debug, Default)]
+pub struct LogStats {
+    records: AtomicU64,
+    commits: AtomicU64,
+    syncs: AtomicU64,
+    sync_us_total: AtomicU64,
+    buckets: [AtomicU64; SYNC_BUCKETS_US.len() + 1],
+}
+
+impl LogStats {
+    /// One group commit of `records` records was appended.
+    pub fn record_commit(&self, records: u64) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.records.fetch_add(records, Ordering::Relaxed);
+    }
+
+    /// One `fdatasync` took `took`.
+    pub fn record_sync(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let i = SYNC_BUCKETS_US.partition_point(|&b| b < us);
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        self.sync_us_total.fetch_add(us, Ordering::Relaxed);
+        if let Some(b) = self.buckets.get(i) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The counters now (each read on its own: a snapshot taken while the writer runs may be
+    /// off by the commit in progress).
+    pub fn snapshot(&self) -> LogStatsSnapshot {
+        LogStatsSnapshot {
+            records: self.records.load(Ordering::Relaxed),
+            commits: self.commits.load(Ordering::Relaxed),
+            syncs: self.syncs.load(Ordering::Relaxed),
+            sync_us_total: self.sync_us_total.load(Ordering::Relaxed),
+            buckets: self
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+        }
+    }
+}
+
+/// The counters at one moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogStatsSnapshot {
+    /// Records appended to the log.
+    pub records: u64,
+    /// Group commits (one write of everything that had queued).
+    pub commits: u64,
+    /// `fdatasync` calls.
+    pub syncs: u64,
+    /// Sum of the sync durations, microseconds.
+    pub sync_us_total: u64,
+    /// Syncs per bucket: `buckets[i]` took at most `SYNC_BUCKETS_US[i]` microseconds (and more
+    /// than the bound before it); the last entry counts those slower than every bound.
+    pub buckets: Vec<u64>,
+}
+
+impl LogStatsSnapshot {
+    /// The upper bound of the bucket holding the `q`-quantile sync (`0 < q <= 1`): that share
+    /// of the syncs took at most this many microseconds. `None` with no syncs, or when the
+    /// quantile falls in the open last bucket.
+    pub fn sync_quantile_us(&self, q: f64) -> Option<u64> {
+        let total: u64 = self.buckets.iter().sum();
+        if total == 0 || !(q > 0.0 && q <= 1.0) {
+            return None;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0u64;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return SYNC_BUCKETS_US.get(i).copied();
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
+    #[test]
+    fn syncs_land_in_the_bucket_whose_bound_holds_them() {
+        let s = LogStats::default();
+        for d in [0, 25, 26, 100, 101, 1_000_000, 1_000_001, 50_000_000] {
+            s.record_sync(us(d));
+        }
+        let snap = s.snapshot();
+        assert_eq!(snap.syncs, 8);
+        assert_eq!(snap.buckets.len(), SYNC_BUCKETS_US.len() + 1);
+        // 0 and 25 -> <=25; 26 -> <=50; 100 -> <=100; 101 -> <=125; 1 s -> last bound; above it
+        // -> the open bucket.
+        assert_eq!(snap.buckets[0], 2);
+        assert_eq!(snap.buckets[1], 1);
+        assert_eq!(snap.buckets[3], 1);
+        assert_eq!(snap.buckets[4], 1);
+        assert_eq!(snap.buckets[SYNC_BUCKETS_US.len() - 1], 1);
+        assert_eq!(snap.buckets[SYNC_BUCKETS_US.len()], 2);
+        assert_eq!(snap.buckets.iter().sum::<u64>(), 8);
+        assert_eq!(
+            snap.sync_us_total,
+            25 + 26 + 100 + 101 + 1_000_000 + 1_000_001 + 50_000_000
+        );
+    }
+
+    #[test]
+    fn quantiles_read_the_bucket_bounds() {
+        let s = LogStats::default();
+        assert_eq!(s.snapshot().sync_quantile_us(0.5), None);
+        // 98 fast syncs, one at 900 us, one at 4 ms.
+        for _ in 0..98 {
+            s.record_sync(us(140));
+        }
+        s.record_sync(us(900));
+        s.record_sync(us(4_000));
+        let snap = s.snapshot();
+        assert_eq!(snap.sync_quantile_us(0.5), Some(150));
+        assert_eq!(snap.sync_quantile_us(0.98), Some(150));
+        assert_eq!(snap.sync_quantile_us(0.99), Some(1_000));
+        assert_eq!(snap.sync_quantile_us(1.0), Some(5_000));
+        assert_eq!(snap.sync_quantile_us(0.0), None);
+        assert_eq!(snap.sync_quantile_us(1.5), None);
+        s.record_sync(Duration::from_secs(5));
+        assert_eq!(s.snapshot().sync_quantile_us(1.0), None);
+    }
+
+    #[test]
+    fn commits_count_records() {
+        let s = LogStats::default();
+        s.record_commit(3);
+        s.record_commit(1);
+        let snap = s.snapshot();
+        assert_eq!((snap.commits, snap.records), (2, 4));
+    }
+}
