@@ -274,6 +274,12 @@ pub const SCHEMA_VERSION: &str = "1";
 pub fn open_connection(path: &Path, strict: bool) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // 16 KiB pages (takes effect only when the file is created; an existing database keeps its
+    // own): the projector's appends split and rebalance B-tree pages a quarter as often and
+    // the WAL carries fewer frames. Against 4 KiB pages it took the projector from 4.80-4.90
+    // to 4.15-4.32 us of CPU per request at governed saturation (bench/ab, two runs of 3
+    // rounds on a 2-core Xeon VM), and the checkpointer from 0.25-0.33 to 0.16-0.20.
+    conn.pragma_update(None, "page_size", 16384)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", if strict { "FULL" } else { "NORMAL" })?;
     conn.pragma_update(None, "foreign_keys", "OFF")?;
