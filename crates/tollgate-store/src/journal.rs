@@ -524,10 +524,9 @@ pub(crate) fn upsert_accounts<'a>(
 
 /// What the log writer hands to the projector, in log order.
 enum Projected {
-    /// A record that is in the log (already acknowledged to its caller).
-    Logged(u64, Op),
-    /// The same, as the frame at `range` of the writer's batch buffer (decoded here, so what
-    /// decoding allocates is freed on this thread).
+    /// A record that is in the log (already acknowledged to its caller): the frame at `range`
+    /// of the writer's batch buffer, decoded here (so what decoding allocates is freed on this
+    /// thread).
     Frame(u64, Arc<Vec<u8>>, std::ops::Range<usize>),
     /// A change that is made durable by the database commit itself; `done` is answered then.
     Direct(Op, Option<Done>),
@@ -626,13 +625,9 @@ fn log_loop(
         } else if log.next_lsn > first_lsn {
             stats.record_commit(log.next_lsn - first_lsn);
         }
-        // The frames go on to the projector in this batch's buffer.
-        let frames = if batch.iter().any(|j| matches!(j.work, Work::Frame { .. })) {
-            let next = Vec::with_capacity(buf.capacity());
-            Some(Arc::new(std::mem::replace(&mut buf, next)))
-        } else {
-            None
-        };
+        // Every logged record goes on to the projector as its frame in this batch's buffer.
+        let next = Vec::with_capacity(buf.capacity());
+        let frames = Arc::new(std::mem::replace(&mut buf, next));
         let mut out: Vec<Projected> = Vec::with_capacity(batch.len() + 1);
         let mut wake = false;
         for (job, (lsn, range)) in batch.drain(..).zip(placed.drain(..)) {
@@ -657,11 +652,7 @@ fn log_loop(
                 if written.is_err() {
                     continue;
                 }
-                match (job.work, &frames) {
-                    (Work::Op(op), _) => Projected::Logged(lsn, op),
-                    (Work::Frame { .. }, Some(f)) => Projected::Frame(lsn, Arc::clone(f), range),
-                    (Work::Frame { .. }, None) => continue,
-                }
+                Projected::Frame(lsn, Arc::clone(&frames), range)
             };
             out.push(msg);
         }
@@ -794,7 +785,7 @@ fn projector_loop(mut conn: Connection, rx: mpsc::Receiver<Vec<Projected>>) {
         let batch_lsn = batch
             .iter()
             .filter_map(|m| match m {
-                Projected::Logged(lsn, _) | Projected::Frame(lsn, ..) => Some(*lsn),
+                Projected::Frame(lsn, ..) => Some(*lsn),
                 _ => None,
             })
             .max()
@@ -821,7 +812,7 @@ fn projector_loop(mut conn: Connection, rx: mpsc::Receiver<Vec<Projected>>) {
                 // Logged records stay for the next attempt; direct changes were answered.
                 pending = batch
                     .into_iter()
-                    .filter(|m| matches!(m, Projected::Logged(..) | Projected::Frame(..)))
+                    .filter(|m| matches!(m, Projected::Frame(..)))
                     .collect();
                 if open {
                     thread::sleep(std::time::Duration::from_millis(500));
@@ -907,16 +898,6 @@ fn apply_batch(
                 thread::yield_now();
             }
             let r = match m {
-                Projected::Logged(lsn, op) if !careful => {
-                    max_lsn = max_lsn.max(*lsn);
-                    apply_logged(&tx, &mut st, op, &mut deltas, &mut seq)?;
-                    Ok(())
-                }
-                Projected::Logged(lsn, op) => {
-                    max_lsn = max_lsn.max(*lsn);
-                    apply_or_set_aside(&tx, &mut st, *lsn, op, &mut deltas, &mut seq)?;
-                    Ok(())
-                }
                 Projected::Frame(lsn, buf, range) => {
                     max_lsn = max_lsn.max(*lsn);
                     let frame = buf.get(range.clone()).unwrap_or_default();
