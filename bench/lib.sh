@@ -90,3 +90,39 @@ cpu_ticks() {
   done
   echo "$t"
 }
+
+# journal_stats admin_addr -> the gateway's charge-log counters (admin API `GET /v1/journal`),
+# as JSON.
+journal_stats() {
+  curl -fsS --max-time 5 -H "Authorization: Bearer bench-admin-token" "http://$1/v1/journal" ||
+    echo '{}'
+}
+
+# journal_sync_delta admin_addr before.json -> J_{commits,records,syncs,p50,p99,p999}: what the charge log
+# did between the snapshot and now, and the bucket bounds (us) of its sync latency percentiles:
+# the disk's share of every strict response, measured during the same lane.
+journal_sync_delta() {
+  eval "$(journal_stats "$1" | python3 -c '
+import json, math, sys
+before = json.load(open(sys.argv[1]))
+try:
+    after = json.load(sys.stdin)
+except ValueError:
+    after = {}
+if not before.get("sync_histogram") or not after.get("sync_histogram"):
+    print("log \"journal counters unavailable\""); sys.exit(0)
+bounds = [b["le_us"] for b in after["sync_histogram"]]
+delta = [a["count"] - b["count"] for a, b in zip(after["sync_histogram"], before["sync_histogram"])]
+total = sum(delta)
+def q(p):
+    if total == 0: return ""
+    rank, seen = max(1, math.ceil(total * p)), 0
+    for bound, n in zip(bounds, delta):
+        seen += n
+        if seen >= rank: return "" if bound is None else bound
+    return ""
+for k in ("commits", "records", "syncs"):
+    print(f"J_{k}={after.get(k, 0) - before.get(k, 0)}")
+print(f"J_p50={q(0.5)}"); print(f"J_p99={q(0.99)}"); print(f"J_p999={q(0.999)}")
+' "$2")"
+}
