@@ -786,31 +786,17 @@ async fn change_balance(
     // The store derives entry ids from the tenant, so the consumer is part of the op id: the
     // same key used for two consumers of one tenant must not collide.
     let op_id = format!("admin:{kind}:{consumer}:{key}");
-    let (balance, applied) = st
+    let done = st
         .store
         .adjust_balance(consumer, amount.micros(), &op_id, kind)
         .await?;
-    if !applied {
-        let earlier = st
-            .store
-            .list_entries(consumer, MAX_PAGE)
-            .await?
-            .into_iter()
-            .find(|e| e.charge_id == tollgate_store::op_charge_id(kind, &op_id));
-        if let Some(e) = earlier {
-            let signed = if e.direction == "debit" {
-                format!("-{}", e.amount)
-            } else {
-                e.amount.clone()
-            };
-            if Money::parse(&signed).ok() != Some(amount) {
-                return Err(ApiError::new(ErrorCode::IdempotencyConflict)
-                    .detail("reason", "idempotency key already used with another amount")
-                    .detail("idempotency_key", key)
-                    .detail("original_amount", signed));
-            }
-        }
+    if !done.applied && done.recorded != amount.micros() {
+        return Err(ApiError::new(ErrorCode::IdempotencyConflict)
+            .detail("reason", "idempotency key already used with another amount")
+            .detail("idempotency_key", key)
+            .detail("original_amount", Money(done.recorded).to_string()));
     }
+    let (balance, applied) = (done.balance, done.applied);
     tracing::info!(consumer, kind, amount = %amount, applied, reason = reason.as_deref().unwrap_or(""), "admin balance change");
     Ok(BalanceChange {
         consumer: consumer.into(),

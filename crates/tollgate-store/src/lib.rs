@@ -601,15 +601,16 @@ impl Store {
     }
 
     /// Credit (positive) or debit (negative) a consumer's prepaid balance. `op_id` makes it
-    /// idempotent: the same id applies once. Returns the posted balance after it and whether
-    /// it was applied now.
+    /// idempotent: the same id applies once; a later call with it changes nothing and reports
+    /// the amount recorded under it the first time (which may differ from `amount`: the caller
+    /// decides whether that is a conflict).
     pub async fn adjust_balance(
         &self,
         consumer: &str,
         amount: i64,
         op_id: &str,
         kind: &'static str,
-    ) -> Result<(i64, bool), StoreError> {
+    ) -> Result<Adjusted, StoreError> {
         let _g = self.admin_lock.lock().await;
         let c = self
             .dir
@@ -636,7 +637,8 @@ impl Store {
         let now = self.clock.now_ms();
         // Namespaced so an operator's id can never collide with a request's charge id.
         let (op, abs) = (op_charge_id(kind, op_id), amount.abs());
-        let applied = self
+        let owner = c.seq;
+        let (applied, recorded) = self
             .journal
             .admin(move |tx| {
                 let n = tx.execute(
@@ -648,8 +650,17 @@ impl Store {
                 )?;
                 if n == 1 {
                     journal::upsert_accounts(tx, [(&debit, &(0, abs)), (&credit, &(abs, 0))].into_iter())?;
+                    return Ok((true, amount));
                 }
-                Ok(n == 1)
+                // Applied before: what was recorded then, by its primary key (however many
+                // entries the consumer has had since).
+                let (recorded, debited): (i64, bool) = tx.query_row(
+                    "SELECT amount, debit_kind = ?2 AND debit_owner = ?3 FROM entries
+                     WHERE charge_id = ?1 AND leg = 0",
+                    params![op, AcctKind::Balance as u8, owner],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                Ok((false, if debited { -recorded } else { recorded }))
             })
             .await?;
         let mut st = c.state.lock();
@@ -660,7 +671,11 @@ impl Store {
                 st.balance_debits -= amount;
             }
         }
-        Ok((st.posted_balance(), applied))
+        Ok(Adjusted {
+            balance: st.posted_balance(),
+            applied,
+            recorded,
+        })
     }
 
     /// Entries touching a consumer's prepaid balance, newest first (everything settled before
@@ -735,6 +750,17 @@ impl Store {
             |r| r.get(0),
         )?)
     }
+}
+
+/// Outcome of [`Store::adjust_balance`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adjusted {
+    /// The consumer's posted balance afterwards, micro-units.
+    pub balance: i64,
+    /// Whether the change was applied by this call (`false`: its op id was used before).
+    pub applied: bool,
+    /// The signed amount recorded under the op id: this call's, or the earlier call's.
+    pub recorded: i64,
 }
 
 /// The charge id under which an operator's balance change with `op_id` is recorded

@@ -116,3 +116,57 @@ async fn statements_and_usage_are_per_consumer_newest_first() {
     let t = store.usage_totals("b", 0, i64::MAX).await.unwrap();
     assert_eq!(t.requests, 1);
 }
+
+/// A balance change replayed under its op id changes nothing and reports what was recorded the
+/// first time — found by its id, not by paging through the consumer's statement, so it holds
+/// however many entries came after it (the admin API answers 409 on a different amount).
+#[tokio::test]
+async fn a_replayed_balance_change_reports_the_first_amount_after_any_number_of_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        path: dir.path().join("q.db").display().to_string(),
+        ..StoreConfig::default()
+    };
+    let clock = ManualClock::at_ms(1_000_000);
+    let store = common::store_with_consumers(&cfg, Arc::new(clock.clone()), &["a"]).await;
+    let a = store.dir.consumer("a").unwrap().seq;
+    let first = store
+        .adjust_balance("a", 5_000_000, "inv-1", "topup")
+        .await
+        .unwrap();
+    assert!(first.applied);
+    assert_eq!((first.balance, first.recorded), (5_000_000, 5_000_000));
+    let debit = store
+        .adjust_balance("a", -1_000_000, "fix-1", "adjust")
+        .await
+        .unwrap();
+    assert_eq!((debit.balance, debit.recorded), (4_000_000, -1_000_000));
+    // More newer entries than the largest statement page (1000).
+    for i in 0..1_050 {
+        clock.advance_ms(1);
+        store
+            .journal
+            .write_nowait(charge(&format!("c-{i}"), a, 1, 2_000_000 + i))
+            .unwrap();
+    }
+    store.journal.flush().await.unwrap();
+    let statement = store.list_entries("a", 1000).await.unwrap();
+    assert!(statement.iter().all(|e| !e.charge_id.starts_with("op:")));
+
+    let again = store
+        .adjust_balance("a", 9_000_000, "inv-1", "topup")
+        .await
+        .unwrap();
+    assert!(!again.applied, "the op id was used: nothing applied");
+    assert_eq!(again.recorded, 5_000_000, "the first amount, for the 409");
+    let same = store
+        .adjust_balance("a", -1_000_000, "fix-1", "adjust")
+        .await
+        .unwrap();
+    assert!(!same.applied);
+    assert_eq!(same.recorded, -1_000_000, "a debit is reported negative");
+    // The in-memory balance does not see the charges (they bypass the ledger here); the
+    // replays moved it by nothing.
+    assert_eq!(again.balance, 4_000_000);
+    assert_eq!(same.balance, 4_000_000);
+}

@@ -1040,6 +1040,73 @@ async fn openapi_document_is_public_and_complete() {
     }
 }
 
+/// The 409 for a reused top-up key holds however long the consumer's statement has grown since
+/// (the first amount is found by its id, not on the statement's first page).
+#[tokio::test]
+async fn a_reused_top_up_key_conflicts_after_more_than_a_page_of_newer_entries() {
+    let e = env().await;
+    let cid = e.consumer("free").await;
+    let path = format!("/v1/consumers/{cid}/credits");
+    let r = e
+        .post(
+            &path,
+            json!({"amount": "12.50", "idempotency_key": "inv-9"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    let seq = e.state.store.dir.consumer(&cid).unwrap().seq;
+    let balance = tollgate_store::AcctKey {
+        kind: tollgate_store::AcctKind::Balance,
+        owner: seq,
+        period: 0,
+    };
+    let revenue = tollgate_store::AcctKey {
+        kind: tollgate_store::AcctKind::Revenue,
+        owner: 1,
+        period: 0,
+    };
+    for i in 0..1_001 {
+        e.state
+            .store
+            .journal
+            .write_nowait(tollgate_store::Op::Entries {
+                charge_id: format!("later-{i}"),
+                occurred_ms: ms(NOW) + 1 + i,
+                entries: vec![tollgate_store::Entry {
+                    leg: 0,
+                    kind: "charge",
+                    debit: balance,
+                    credit: revenue,
+                    amount: 1,
+                }],
+            })
+            .unwrap();
+    }
+    let r = e
+        .get(&format!("/v1/consumers/{cid}/entries?limit=1000"))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let items = r.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1000);
+    assert!(
+        items.iter().all(|i| i["kind"] == "charge"),
+        "the top-up is past the first page"
+    );
+    let r = e
+        .post(&path, json!({"amount": "99", "idempotency_key": "inv-9"}))
+        .await;
+    assert_error(&r, StatusCode::CONFLICT, "IDEMPOTENCY_CONFLICT");
+    assert_eq!(r.body["details"]["original_amount"], "12.50");
+    let r = e
+        .post(
+            &path,
+            json!({"amount": "12.50", "idempotency_key": "inv-9"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body["applied"], false);
+}
+
 #[tokio::test]
 async fn journal_reports_commits_and_the_disks_sync_latency() {
     let e = env().await;
