@@ -51,7 +51,9 @@ pub struct Store {
     pub durability: Durability,
     /// x402 payments (durable reservations and outcomes).
     pub x402: Arc<x402::SqlitePaymentStore>,
-    reader: Mutex<Connection>,
+    /// Connection for statement and usage queries, which may scan many rows: they run on the
+    /// runtime's blocking pool ([`Store::read`]), not on the thread of the admin API's tasks.
+    reader: Arc<Mutex<Connection>>,
     clock: Arc<dyn Clock>,
     /// Serializes admin changes to the directory so memory and disk agree.
     admin_lock: tokio::sync::Mutex<()>,
@@ -223,7 +225,7 @@ impl Store {
             idem,
             journal,
             durability: cfg.durability,
-            reader: Mutex::new(reader),
+            reader: Arc::new(Mutex::new(reader)),
             clock,
             admin_lock: tokio::sync::Mutex::new(()),
         })
@@ -690,13 +692,14 @@ impl Store {
             .dir
             .consumer(consumer)
             .ok_or_else(|| StoreError::NotFound(format!("consumer `{consumer}`")))?;
-        let conn = self.reader.lock();
+        let seq = c.seq;
+        self.read(move |conn| {
         let mut st = conn.prepare(
             "SELECT leg, kind, debit_kind = 1 AND debit_owner = ?1, amount, charge_id, created_ms FROM entries
              WHERE (debit_kind = 1 AND debit_owner = ?1) OR (credit_kind = 1 AND credit_owner = ?1)
              ORDER BY created_ms DESC LIMIT ?2",
         )?;
-        let rows = st.query_map(params![c.seq, limit as i64], |r| {
+        let rows = st.query_map(params![seq, limit as i64], |r| {
             let leg: i64 = r.get(0)?;
             let charge_id: String = r.get(4)?;
             let is_debit: bool = r.get(2)?;
@@ -710,6 +713,8 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+        })
+        .await
     }
 
     /// Usage totals of a consumer in `[from_ms, to_ms)` (everything settled before the call
@@ -725,13 +730,17 @@ impl Store {
             .dir
             .consumer(consumer)
             .ok_or_else(|| StoreError::NotFound(format!("consumer `{consumer}`")))?;
-        let conn = self.reader.lock();
-        let (requests, charged, bytes, cost): (i64, i64, i64, i64) = conn.query_row(
+        let seq = c.seq;
+        let (requests, charged, bytes, cost): (i64, i64, i64, i64) = self
+            .read(move |conn| {
+                Ok(conn.query_row(
             "SELECT COUNT(*), COALESCE(SUM(charged),0), COALESCE(SUM(bytes),0), COALESCE(SUM(cost),0)
              FROM usage WHERE consumer_seq=?1 AND occurred_ms >= ?2 AND occurred_ms < ?3",
-            params![c.seq, from_ms, to_ms],
+            params![seq, from_ms, to_ms],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )?;
+        )?)
+            })
+            .await?;
         Ok(UsageTotals {
             requests,
             charged_requests: charged,
@@ -743,12 +752,29 @@ impl Store {
     /// Count of charged usage rows for a request id (tests and audits).
     pub async fn charged_count(&self, request_id: &str) -> Result<i64, StoreError> {
         self.journal.flush().await?;
-        let conn = self.reader.lock();
-        Ok(conn.query_row(
-            "SELECT COUNT(*) FROM usage WHERE request_id=?1 AND charged=1",
-            [request_id],
-            |r| r.get(0),
-        )?)
+        let request_id = request_id.to_string();
+        self.read(move |conn| {
+            Ok(conn.query_row(
+                "SELECT COUNT(*) FROM usage WHERE request_id=?1 AND charged=1",
+                [request_id],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    /// Run a query on the reader connection on the runtime's blocking pool: a statement or
+    /// usage query over a large database scans many rows, and must not hold up the other
+    /// tasks of the thread it was called from (admin requests, the hold sweeper).
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let reader = Arc::clone(&self.reader);
+        match tokio::task::spawn_blocking(move || f(&reader.lock())).await {
+            Ok(r) => r,
+            Err(e) => Err(StoreError::Sql(format!("query task failed: {e}"))),
+        }
     }
 }
 
