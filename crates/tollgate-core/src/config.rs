@@ -516,7 +516,11 @@ impl Config {
             let path = e.path().to_string();
             let inner = e.into_inner();
             ConfigError::Parse(ConfigIssue {
-                path: if path == "." { "(root)".into() } else { path },
+                path: if path == "." || path.is_empty() {
+                    "(root)".into()
+                } else {
+                    path
+                },
                 message: inner.message().trim().to_string(),
             })
         })?;
@@ -962,6 +966,23 @@ rate_limit = { per_second = 10 }
         let e = Config::from_toml(&bad).unwrap_err().to_string();
         assert!(e.starts_with("routes[0]"), "{e}");
         assert!(e.contains("upstrem"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_key_at_the_top_is_reported_at_the_root() {
+        // Found by the `config` fuzz target: the error had an empty key path.
+        match Config::from_toml("\n''='2'").unwrap_err() {
+            ConfigError::Parse(issue) => {
+                assert_eq!(issue.path, "(root)");
+                assert!(issue.message.contains("unknown field"), "{}", issue.message);
+            }
+            e => panic!("unexpected {e}"),
+        }
+        let e = Config::from_toml("[server]\n'' = 1").unwrap_err();
+        match e {
+            ConfigError::Parse(issue) => assert!(!issue.path.is_empty(), "{issue:?}"),
+            e => panic!("unexpected {e}"),
+        }
     }
 
     #[test]
