@@ -165,6 +165,15 @@ impl Env {
         self.call(Method::POST, path, Some(body)).await
     }
 
+    /// Top up consumer `cid` by `amount` under idempotency key `key`.
+    async fn top_up(&self, cid: &str, amount: &str, key: &str) -> Resp {
+        self.post(
+            &format!("/v1/consumers/{cid}/credits"),
+            json!({"amount": amount, "idempotency_key": key}),
+        )
+        .await
+    }
+
     async fn send_raw(
         &self,
         method: Method,
@@ -330,22 +339,12 @@ async fn top_up_is_idempotent_and_adjustments_post() {
     let e = env().await;
     let cid = e.consumer("free").await;
     let path = format!("/v1/consumers/{cid}/credits");
-    let r = e
-        .post(
-            &path,
-            json!({"amount": "12.50", "idempotency_key": "inv-1"}),
-        )
-        .await;
+    let r = e.top_up(&cid, "12.50", "inv-1").await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     assert_eq!(r.body["applied"], true);
     assert_eq!(r.body["balance"], "12.50");
     assert_eq!(r.body["currency"], "USD");
-    let r = e
-        .post(
-            &path,
-            json!({"amount": "12.50", "idempotency_key": "inv-1"}),
-        )
-        .await;
+    let r = e.top_up(&cid, "12.50", "inv-1").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["applied"], false);
     assert_eq!(r.body["balance"], "12.50");
@@ -362,9 +361,7 @@ async fn top_up_is_idempotent_and_adjustments_post() {
         .await;
     assert_eq!(r.body["applied"], false);
     // Same key, another amount: a conflict, nothing applied.
-    let r = e
-        .post(&path, json!({"amount": "99", "idempotency_key": "inv-1"}))
-        .await;
+    let r = e.top_up(&cid, "99", "inv-1").await;
     assert_error(&r, StatusCode::CONFLICT, "IDEMPOTENCY_CONFLICT");
     assert_eq!(r.body["details"]["original_amount"], "12.50");
 
@@ -1046,13 +1043,7 @@ async fn openapi_document_is_public_and_complete() {
 async fn a_reused_top_up_key_conflicts_after_more_than_a_page_of_newer_entries() {
     let e = env().await;
     let cid = e.consumer("free").await;
-    let path = format!("/v1/consumers/{cid}/credits");
-    let r = e
-        .post(
-            &path,
-            json!({"amount": "12.50", "idempotency_key": "inv-9"}),
-        )
-        .await;
+    let r = e.top_up(&cid, "12.50", "inv-9").await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
     let seq = e.state.store.dir.consumer(&cid).unwrap().seq;
     let balance = tollgate_store::AcctKey {
@@ -1092,17 +1083,10 @@ async fn a_reused_top_up_key_conflicts_after_more_than_a_page_of_newer_entries()
         items.iter().all(|i| i["kind"] == "charge"),
         "the top-up is past the first page"
     );
-    let r = e
-        .post(&path, json!({"amount": "99", "idempotency_key": "inv-9"}))
-        .await;
+    let r = e.top_up(&cid, "99", "inv-9").await;
     assert_error(&r, StatusCode::CONFLICT, "IDEMPOTENCY_CONFLICT");
     assert_eq!(r.body["details"]["original_amount"], "12.50");
-    let r = e
-        .post(
-            &path,
-            json!({"amount": "12.50", "idempotency_key": "inv-9"}),
-        )
-        .await;
+    let r = e.top_up(&cid, "12.50", "inv-9").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
     assert_eq!(r.body["applied"], false);
 }
