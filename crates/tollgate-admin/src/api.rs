@@ -889,14 +889,22 @@ pub async fn list_entries(
     ApiQuery(q): ApiQuery<EntryListQuery>,
 ) -> ApiResult<Json<EntryList>> {
     let limit = page_limit("limit", q.limit)?;
-    let items = st
-        .store
-        .list_entries(&id, limit)
-        .await?
-        .into_iter()
-        .map(LedgerEntry::from)
-        .collect();
-    Ok(Json(EntryList { items }))
+    let after = q
+        .after
+        .as_deref()
+        .map(str::parse::<tollgate_store::EntryCursor>)
+        .transpose()
+        .map_err(|_| {
+            ApiError::bad_field(
+                "after",
+                "after: must be the `next_after` of an earlier page of this list",
+            )
+        })?;
+    let page = st.store.list_entries(&id, limit, after).await?;
+    Ok(Json(EntryList {
+        items: page.items.into_iter().map(LedgerEntry::from).collect(),
+        next_after: page.next_after,
+    }))
 }
 
 // ---------------------------------------------------------------------------------------------

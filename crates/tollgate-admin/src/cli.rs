@@ -313,6 +313,9 @@ pub enum CreditsCmd {
         /// Most entries (1–1000).
         #[arg(long)]
         limit: Option<usize>,
+        /// Continue after this position (the `next_after` of the previous page).
+        #[arg(long)]
+        after: Option<String>,
     },
 }
 
@@ -563,9 +566,13 @@ pub fn call_for(cmd: &AdminCommand) -> Result<Call, CliError> {
                     idempotency_key,
                 },
             )?,
-            CreditsCmd::Entries { consumer, limit } => {
-                Call::new(M::GET, &["v1", "consumers", &consumer, "entries"]).query("limit", limit)
-            }
+            CreditsCmd::Entries {
+                consumer,
+                limit,
+                after,
+            } => Call::new(M::GET, &["v1", "consumers", &consumer, "entries"])
+                .query("limit", limit)
+                .query("after", after),
         },
         AdminCommand::Usage(u) => Call::new(M::GET, &["v1", "consumers", &u.consumer, "usage"])
             .query(
@@ -734,6 +741,25 @@ mod tests {
         .unwrap();
         assert_eq!(c.body.unwrap(), serde_json::json!({"status": "past_due"}));
         assert!(call_for(&parse(&["subscriptions", "set", "--consumer", "c"])).is_err());
+        let c = call_for(&parse(&[
+            "credits",
+            "entries",
+            "--consumer",
+            "c1",
+            "--limit",
+            "50",
+            "--after",
+            "17:0:op:topup:x",
+        ]))
+        .unwrap();
+        assert_eq!(c.segments, ["v1", "consumers", "c1", "entries"]);
+        assert_eq!(
+            c.query,
+            [
+                ("limit".to_string(), "50".to_string()),
+                ("after".into(), "17:0:op:topup:x".into())
+            ]
+        );
         let c = call_for(&parse(&["keys", "rotate", "k1", "--overlap-seconds", "60"])).unwrap();
         assert_eq!(c.body.unwrap(), serde_json::json!({"overlap_seconds": 60}));
     }

@@ -515,8 +515,10 @@ impl From<EntryView> for LedgerEntry {
 /// Entries, newest first.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EntryList {
-    /// Entries.
+    /// Entries, newest first.
     pub items: Vec<LedgerEntry>,
+    /// Pass as `after` for the next (older) page; absent on the last page.
+    pub next_after: Option<String>,
 }
 
 /// Entry list paging.
@@ -526,6 +528,8 @@ pub struct EntryList {
 pub struct EntryListQuery {
     /// Most entries returned, 1–1000 (default 100).
     pub limit: Option<usize>,
+    /// Only entries listed after this position: the `next_after` of the previous page (paging).
+    pub after: Option<String>,
 }
 
 /// Which usage window.

@@ -141,6 +141,60 @@ pub struct EntryView {
     pub created_at: String,
 }
 
+/// A page of a consumer's statement ([`Store::list_entries`]).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EntryPage {
+    /// Entries, newest first.
+    pub items: Vec<EntryView>,
+    /// Where the next page starts (pass back as the cursor); `None` on the last page.
+    pub next_after: Option<String>,
+}
+
+/// A position in a consumer's statement: the entry's time and id. Written as
+/// `<created_ms>:<leg>:<charge_id>`; callers treat it as opaque.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryCursor {
+    /// The entry's time, Unix ms.
+    pub created_ms: i64,
+    /// Its charge id.
+    pub charge_id: String,
+    /// Its leg.
+    pub leg: i64,
+}
+
+impl std::fmt::Display for EntryCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.created_ms, self.leg, self.charge_id)
+    }
+}
+
+/// A statement cursor that is not one this store handed out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a statement position")]
+pub struct BadCursor;
+
+impl std::str::FromStr for EntryCursor {
+    type Err = BadCursor;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut parts = s.splitn(3, ':');
+        let created_ms = parts.next().and_then(|p| p.parse::<i64>().ok());
+        let leg = parts.next().and_then(|p| p.parse::<i64>().ok());
+        match (created_ms, leg, parts.next()) {
+            (Some(created_ms), Some(leg), Some(charge_id))
+                if created_ms >= 0 && leg >= 0 && !charge_id.is_empty() =>
+            {
+                Ok(EntryCursor {
+                    created_ms,
+                    charge_id: charge_id.to_string(),
+                    leg,
+                })
+            }
+            _ => Err(BadCursor),
+        }
+    }
+}
+
 /// Usage totals of a consumer over a time range.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct UsageTotals {
@@ -681,38 +735,78 @@ impl Store {
     }
 
     /// Entries touching a consumer's prepaid balance, newest first (everything settled before
-    /// the call included).
+    /// the call included): at most `limit`, listed after `after` (the position of the last
+    /// entry of the previous page), and the position to continue from when there may be more.
     pub async fn list_entries(
         &self,
         consumer: &str,
         limit: usize,
-    ) -> Result<Vec<EntryView>, StoreError> {
+        after: Option<EntryCursor>,
+    ) -> Result<EntryPage, StoreError> {
         self.journal.flush().await?;
         let c = self
             .dir
             .consumer(consumer)
             .ok_or_else(|| StoreError::NotFound(format!("consumer `{consumer}`")))?;
         let seq = c.seq;
+        // Before the first page: a time after every entry's.
+        let after = after.unwrap_or(EntryCursor {
+            created_ms: i64::MAX,
+            charge_id: String::new(),
+            leg: 0,
+        });
         self.read(move |conn| {
-        let mut st = conn.prepare(
-            "SELECT leg, kind, debit_kind = 1 AND debit_owner = ?1, amount, charge_id, created_ms FROM entries
-             WHERE (debit_kind = 1 AND debit_owner = ?1) OR (credit_kind = 1 AND credit_owner = ?1)
-             ORDER BY created_ms DESC LIMIT ?2",
-        )?;
-        let rows = st.query_map(params![seq, limit as i64], |r| {
-            let leg: i64 = r.get(0)?;
-            let charge_id: String = r.get(4)?;
-            let is_debit: bool = r.get(2)?;
-            Ok(EntryView {
-                id: format!("{charge_id}/{leg}"),
-                kind: r.get(1)?,
-                direction: if is_debit { "debit" } else { "credit" },
-                amount: money(r.get(3)?),
-                charge_id: r.get(4)?,
-                created_at: rfc3339(r.get(5)?),
+            // Newest first, ties in time broken by the entry's id, so pages neither repeat nor
+            // skip entries that share a millisecond.
+            let mut st = conn.prepare(
+                "SELECT leg, kind, debit_kind = 1 AND debit_owner = ?1, amount, charge_id, created_ms
+                 FROM entries
+                 WHERE ((debit_kind = 1 AND debit_owner = ?1) OR (credit_kind = 1 AND credit_owner = ?1))
+                   AND (created_ms, charge_id, leg) < (?2, ?3, ?4)
+                 ORDER BY created_ms DESC, charge_id DESC, leg DESC LIMIT ?5",
+            )?;
+            let rows = st.query_map(
+                params![
+                    seq,
+                    after.created_ms,
+                    after.charge_id,
+                    after.leg,
+                    limit as i64 + 1
+                ],
+                |r| {
+                    let leg: i64 = r.get(0)?;
+                    let charge_id: String = r.get(4)?;
+                    let is_debit: bool = r.get(2)?;
+                    let created_ms: i64 = r.get(5)?;
+                    Ok((
+                        EntryCursor {
+                            created_ms,
+                            charge_id: charge_id.clone(),
+                            leg,
+                        },
+                        EntryView {
+                            id: format!("{charge_id}/{leg}"),
+                            kind: r.get(1)?,
+                            direction: if is_debit { "debit" } else { "credit" },
+                            amount: money(r.get(3)?),
+                            charge_id,
+                            created_at: rfc3339(created_ms),
+                        },
+                    ))
+                },
+            )?;
+            let mut rows: Vec<(EntryCursor, EntryView)> = rows.collect::<Result<_, _>>()?;
+            let more = rows.len() > limit;
+            rows.truncate(limit);
+            let next_after = if more {
+                rows.last().map(|(c, _)| c.to_string())
+            } else {
+                None
+            };
+            Ok(EntryPage {
+                items: rows.into_iter().map(|(_, v)| v).collect(),
+                next_after,
             })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
         })
         .await
     }

@@ -85,7 +85,7 @@ async fn statements_and_usage_are_per_consumer_newest_first() {
         .await
         .unwrap();
 
-    let all = store.list_entries("a", 10).await.unwrap();
+    let all = store.list_entries("a", 10, None).await.unwrap().items;
     let seen: Vec<(&str, &str)> = all
         .iter()
         .map(|e| (e.charge_id.as_str(), e.direction))
@@ -100,12 +100,12 @@ async fn statements_and_usage_are_per_consumer_newest_first() {
         ],
         "only a's entries, newest first"
     );
-    let two = store.list_entries("a", 2).await.unwrap();
+    let two = store.list_entries("a", 2, None).await.unwrap().items;
     assert_eq!(
         two.iter().map(|e| e.charge_id.as_str()).collect::<Vec<_>>(),
         ["op:topup:a-topup-2", "a-2"]
     );
-    let b_entries = store.list_entries("b", 10).await.unwrap();
+    let b_entries = store.list_entries("b", 10, None).await.unwrap().items;
     assert_eq!(b_entries.len(), 2);
 
     let t = store.usage_totals("a", 0, i64::MAX).await.unwrap();
@@ -150,7 +150,7 @@ async fn a_replayed_balance_change_reports_the_first_amount_after_any_number_of_
             .unwrap();
     }
     store.journal.flush().await.unwrap();
-    let statement = store.list_entries("a", 1000).await.unwrap();
+    let statement = store.list_entries("a", 1000, None).await.unwrap().items;
     assert!(statement.iter().all(|e| !e.charge_id.starts_with("op:")));
 
     let again = store
@@ -169,4 +169,68 @@ async fn a_replayed_balance_change_reports_the_first_amount_after_any_number_of_
     // replays moved it by nothing.
     assert_eq!(again.balance, 4_000_000);
     assert_eq!(same.balance, 4_000_000);
+}
+
+/// Paging through a statement with `next_after` lists every entry once, newest first, also when
+/// many share a millisecond; a foreign cursor does not parse.
+#[tokio::test]
+async fn statement_pages_cover_every_entry_once_across_equal_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = StoreConfig {
+        path: dir.path().join("q.db").display().to_string(),
+        ..StoreConfig::default()
+    };
+    let clock = ManualClock::at_ms(1_000_000);
+    let store = common::store_with_consumers(&cfg, Arc::new(clock.clone()), &["a", "b"]).await;
+    let a = store.dir.consumer("a").unwrap().seq;
+    let b = store.dir.consumer("b").unwrap().seq;
+    store
+        .adjust_balance("a", 1_000_000, "seed", "topup")
+        .await
+        .unwrap();
+    // 25 charges of a in 5 distinct milliseconds (5 per ms), 10 of b between them.
+    for i in 0..25_i64 {
+        store
+            .journal
+            .write_nowait(charge(&format!("a-{i:02}"), a, 1 + i, 2_000_000 + i / 5))
+            .unwrap();
+        if i % 3 == 0 {
+            store
+                .journal
+                .write_nowait(charge(&format!("b-{i:02}"), b, 1, 2_000_000 + i / 5))
+                .unwrap();
+        }
+    }
+    store.journal.flush().await.unwrap();
+    let whole = store.list_entries("a", 1000, None).await.unwrap();
+    assert_eq!(whole.items.len(), 26);
+    assert_eq!(whole.next_after, None, "one page holds it all");
+    let mut paged = Vec::new();
+    let mut after = None;
+    let mut pages = 0;
+    loop {
+        let page = store.list_entries("a", 4, after).await.unwrap();
+        assert!(page.items.len() <= 4);
+        paged.extend(page.items);
+        pages += 1;
+        match page.next_after {
+            Some(c) => after = Some(c.parse().unwrap()),
+            None => break,
+        }
+        assert!(pages < 20, "paging does not end");
+    }
+    assert_eq!(pages, 7, "26 entries in pages of 4");
+    assert_eq!(
+        paged, whole.items,
+        "the pages, joined, are the whole statement"
+    );
+    let times: Vec<&str> = paged.iter().map(|e| e.created_at.as_str()).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first");
+    assert_eq!(paged.last().unwrap().charge_id, "op:topup:seed");
+    for bad in ["", "x", "12", "12:0", "12:0:", "-1:0:c", "1:x:c"] {
+        assert!(
+            bad.parse::<tollgate_store::EntryCursor>().is_err(),
+            "{bad:?}"
+        );
+    }
 }

@@ -1037,6 +1037,41 @@ async fn openapi_document_is_public_and_complete() {
     }
 }
 
+/// The statement pages with `after` / `next_after`; a cursor the API did not hand out is a 400
+/// naming the field.
+#[tokio::test]
+async fn entries_page_with_next_after() {
+    let e = env().await;
+    let cid = e.consumer("free").await;
+    for (i, amount) in ["1", "2", "3"].iter().enumerate() {
+        e.clock.advance_ms(1);
+        let r = e.top_up(&cid, amount, &format!("pay-{i}")).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+    }
+    let list = format!("/v1/consumers/{cid}/entries");
+    let r = e.get(&format!("{list}?limit=2")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let amounts = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["amount"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(amounts(&r.body), ["3.00", "2.00"], "newest first");
+    let next = r.body["next_after"].as_str().unwrap().to_string();
+    let r = e
+        .get(&format!("{list}?limit=2&after={}", urlencode(&next)))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(amounts(&r.body), ["1.00"]);
+    assert!(r.body["next_after"].is_null(), "{}", r.body);
+    let r = e.get(&format!("{list}?after=yesterday")).await;
+    assert_error(&r, StatusCode::BAD_REQUEST, "BAD_REQUEST");
+    assert_eq!(r.body["details"]["field"], "after");
+}
+
 /// The 409 for a reused top-up key holds however long the consumer's statement has grown since
 /// (the first amount is found by its id, not on the statement's first page).
 #[tokio::test]
@@ -1162,4 +1197,16 @@ async fn store_failure_is_a_503() {
     assert!(!r.body.to_string().contains("disk on fire"), "{}", r.body);
     let r = e.get(&format!("/v1/consumers/{cid}")).await;
     assert_eq!(r.body["balance"], "0.00");
+}
+
+/// Percent-encode a query value (everything but unreserved characters).
+fn urlencode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
