@@ -160,7 +160,15 @@ pub fn decode_payment_json(json: &[u8]) -> Result<PaymentPayload, DecodeError> {
 /// the last one win — and [`decode_payment_json_checked`] then decides, with its precise
 /// errors. Whatever this accepts, that accepts too, with the same result.
 fn decode_v2_direct(json: &[u8]) -> Option<PaymentPayloadV2> {
-    let MapOnly(d) = serde_json::from_slice::<MapOnly<DirectV2>>(json).ok()?;
+    // serde skips the values of keys it does not know without checking their strings as the
+    // [`Value`] pass does (UTF-8, `\u` escapes such as a lone surrogate): input that is not
+    // UTF-8 or holds a `\u` escape anywhere goes to the checked pass (well-formed payments
+    // carry neither).
+    let text = std::str::from_utf8(json).ok()?;
+    if text.contains("\\u") {
+        return None;
+    }
+    let MapOnly(d) = serde_json::from_str::<MapOnly<DirectV2>>(text).ok()?;
     let MapOnly(accepted) = d.accepted;
     let ok = d.x402_version == 2
         && accepted.scheme == SCHEME_EXACT
@@ -549,6 +557,37 @@ pub(crate) mod tests {
             decode_payment_json(docs[6].as_bytes()),
             Err(DecodeError::UnsupportedScheme(_))
         ));
+    }
+
+    /// Found by `never_panics::mutated_json`: junk inside a key the typed pass does not know
+    /// (invalid UTF-8, a lone surrogate escape) was skipped by the one-pass decoder and refused
+    /// by the checked one; both now refuse it.
+    #[test]
+    fn junk_in_an_unknown_key_is_refused_by_both_passes() {
+        let utf8 = V2
+            .replace("\"extra\":{\"name\"", "\"dxtra\":{\"\u{1}ame\"")
+            .into_bytes();
+        let utf8: Vec<u8> = utf8
+            .into_iter()
+            .map(|b| if b == 1 { 0xee } else { b })
+            .collect();
+        let surrogate = V2.replace("\"extra\":{\"name\"", "\"dxtra\":{\"\\ud800\"");
+        for json in [utf8, surrogate.into_bytes()] {
+            assert!(decode_v2_direct(&json).is_none());
+            let checked = decode_payment_json_checked(&json);
+            assert!(
+                matches!(checked, Err(DecodeError::MalformedJson { .. })),
+                "{checked:?}"
+            );
+            assert_eq!(decode_payment_json(&json), checked);
+        }
+        // An escape elsewhere is fine for the checked pass, and the results agree.
+        let escaped = V2.replace("\"USDC\"", "\"\\u0055SDC\"");
+        assert!(decode_v2_direct(escaped.as_bytes()).is_none());
+        assert_eq!(
+            decode_payment_json(escaped.as_bytes()).unwrap(),
+            decode_payment_json(V2.as_bytes()).unwrap()
+        );
     }
 
     mod never_panics {
