@@ -45,15 +45,22 @@ fn charge(id: &str, seq: i64, amount: i64, at_ms: i64) -> Op {
     }
 }
 
-#[tokio::test]
-async fn statements_and_usage_are_per_consumer_newest_first() {
+/// A store in a fresh directory with consumers `names`, on a manual clock at 1,000,000 ms (the
+/// directory lives as long as the returned guard).
+async fn open(names: &[&str]) -> (tempfile::TempDir, ManualClock, tollgate_store::Store) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = StoreConfig {
         path: dir.path().join("q.db").display().to_string(),
         ..StoreConfig::default()
     };
     let clock = ManualClock::at_ms(1_000_000);
-    let store = common::store_with_consumers(&cfg, Arc::new(clock.clone()), &["a", "b"]).await;
+    let store = common::store_with_consumers(&cfg, Arc::new(clock.clone()), names).await;
+    (dir, clock, store)
+}
+
+#[tokio::test]
+async fn statements_and_usage_are_per_consumer_newest_first() {
+    let (_dir, clock, store) = open(&["a", "b"]).await;
     let a = store.dir.consumer("a").unwrap().seq;
     let b = store.dir.consumer("b").unwrap().seq;
     store
@@ -122,13 +129,7 @@ async fn statements_and_usage_are_per_consumer_newest_first() {
 /// however many entries came after it (the admin API answers 409 on a different amount).
 #[tokio::test]
 async fn a_replayed_balance_change_reports_the_first_amount_after_any_number_of_entries() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig {
-        path: dir.path().join("q.db").display().to_string(),
-        ..StoreConfig::default()
-    };
-    let clock = ManualClock::at_ms(1_000_000);
-    let store = common::store_with_consumers(&cfg, Arc::new(clock.clone()), &["a"]).await;
+    let (_dir, clock, store) = open(&["a"]).await;
     let a = store.dir.consumer("a").unwrap().seq;
     let first = store
         .adjust_balance("a", 5_000_000, "inv-1", "topup")
@@ -175,13 +176,7 @@ async fn a_replayed_balance_change_reports_the_first_amount_after_any_number_of_
 /// many share a millisecond; a foreign cursor does not parse.
 #[tokio::test]
 async fn statement_pages_cover_every_entry_once_across_equal_times() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig {
-        path: dir.path().join("q.db").display().to_string(),
-        ..StoreConfig::default()
-    };
-    let clock = ManualClock::at_ms(1_000_000);
-    let store = common::store_with_consumers(&cfg, Arc::new(clock.clone()), &["a", "b"]).await;
+    let (_dir, _clock, store) = open(&["a", "b"]).await;
     let a = store.dir.consumer("a").unwrap().seq;
     let b = store.dir.consumer("b").unwrap().seq;
     store
