@@ -162,10 +162,6 @@ pub async fn healthz() -> Json<Health> {
         (status = 401, description = "Missing or wrong admin token", body = ErrorResponse)))]
 pub async fn journal_stats(State(st): State<AdminState>) -> Json<JournalStats> {
     let s = st.store.journal.stats();
-    let durability = match st.store.durability {
-        tollgate_core::config::Durability::Strict => "strict",
-        tollgate_core::config::Durability::Relaxed => "relaxed",
-    };
     let sync_histogram = s
         .buckets
         .iter()
@@ -176,7 +172,7 @@ pub async fn journal_stats(State(st): State<AdminState>) -> Json<JournalStats> {
         })
         .collect();
     Json(JournalStats {
-        durability: durability.into(),
+        durability: st.store.durability.as_str().into(),
         records: s.records,
         commits: s.commits,
         syncs: s.syncs,
@@ -796,14 +792,13 @@ async fn change_balance(
             .detail("idempotency_key", key)
             .detail("original_amount", Money(done.recorded).to_string()));
     }
-    let (balance, applied) = (done.balance, done.applied);
-    tracing::info!(consumer, kind, amount = %amount, applied, reason = reason.as_deref().unwrap_or(""), "admin balance change");
+    tracing::info!(consumer, kind, amount = %amount, applied = done.applied, reason = reason.as_deref().unwrap_or(""), "admin balance change");
     Ok(BalanceChange {
         consumer: consumer.into(),
         amount: amount.to_string(),
-        balance: Money(balance).to_string(),
+        balance: Money(done.balance).to_string(),
         currency: st.config.load().server.currency.clone(),
-        applied,
+        applied: done.applied,
         idempotency_key: key,
         reason,
     })

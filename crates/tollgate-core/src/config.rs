@@ -205,6 +205,16 @@ pub enum Durability {
     Relaxed,
 }
 
+impl Durability {
+    /// Lower-case name, as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Strict => "strict",
+            Durability::Relaxed => "relaxed",
+        }
+    }
+}
+
 /// `[store]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

@@ -779,11 +779,8 @@ impl Store {
                     let is_debit: bool = r.get(2)?;
                     let created_ms: i64 = r.get(5)?;
                     Ok((
-                        EntryCursor {
-                            created_ms,
-                            charge_id: charge_id.clone(),
-                            leg,
-                        },
+                        created_ms,
+                        leg,
                         EntryView {
                             id: format!("{charge_id}/{leg}"),
                             kind: r.get(1)?,
@@ -795,16 +792,20 @@ impl Store {
                     ))
                 },
             )?;
-            let mut rows: Vec<(EntryCursor, EntryView)> = rows.collect::<Result<_, _>>()?;
+            let mut rows: Vec<(i64, i64, EntryView)> = rows.collect::<Result<_, _>>()?;
             let more = rows.len() > limit;
             rows.truncate(limit);
-            let next_after = if more {
-                rows.last().map(|(c, _)| c.to_string())
-            } else {
-                None
-            };
+            // The next page starts after the last entry of this one.
+            let next_after = rows.last().filter(|_| more).map(|(created_ms, leg, v)| {
+                EntryCursor {
+                    created_ms: *created_ms,
+                    charge_id: v.charge_id.clone(),
+                    leg: *leg,
+                }
+                .to_string()
+            });
             Ok(EntryPage {
-                items: rows.into_iter().map(|(_, v)| v).collect(),
+                items: rows.into_iter().map(|(.., v)| v).collect(),
                 next_after,
             })
         })
@@ -828,11 +829,11 @@ impl Store {
         let (requests, charged, bytes, cost): (i64, i64, i64, i64) = self
             .read(move |conn| {
                 Ok(conn.query_row(
-            "SELECT COUNT(*), COALESCE(SUM(charged),0), COALESCE(SUM(bytes),0), COALESCE(SUM(cost),0)
-             FROM usage WHERE consumer_seq=?1 AND occurred_ms >= ?2 AND occurred_ms < ?3",
-            params![seq, from_ms, to_ms],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-        )?)
+                    "SELECT COUNT(*), COALESCE(SUM(charged),0), COALESCE(SUM(bytes),0), COALESCE(SUM(cost),0)
+                     FROM usage WHERE consumer_seq=?1 AND occurred_ms >= ?2 AND occurred_ms < ?3",
+                    params![seq, from_ms, to_ms],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )?)
             })
             .await?;
         Ok(UsageTotals {
