@@ -248,7 +248,7 @@ CREATE TABLE IF NOT EXISTS usage(
   consumer_seq INTEGER NOT NULL, key_id TEXT, route TEXT NOT NULL, status INTEGER NOT NULL,
   requests INTEGER NOT NULL, bytes INTEGER NOT NULL, cost INTEGER NOT NULL,
   charged INTEGER NOT NULL, occurred_ms INTEGER NOT NULL) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS usage_time ON usage(occurred_ms);
+CREATE INDEX IF NOT EXISTS usage_consumer_time ON usage(consumer_seq, occurred_ms);
 CREATE TABLE IF NOT EXISTS log_rejects(
   lsn INTEGER PRIMARY KEY, error TEXT NOT NULL, record BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS idempotency(
@@ -267,8 +267,11 @@ CREATE INDEX IF NOT EXISTS x402_payments_payer ON x402_payments(payer);
 CREATE INDEX IF NOT EXISTS x402_payments_route ON x402_payments(route);
 "#;
 
-/// Schema version written to `meta`.
-pub const SCHEMA_VERSION: &str = "1";
+/// Schema version written to `meta`. Version 2 indexes usage by consumer and time
+/// (`usage_consumer_time`) instead of by time alone (`usage_time`, version 1): a consumer's
+/// usage in a period is then read from that consumer's rows instead of from every consumer's
+/// rows in the period.
+pub const SCHEMA_VERSION: &str = "2";
 
 /// Open (creating and migrating) the database at `path` with the pragmas for `strict`.
 pub fn open_connection(path: &Path, strict: bool) -> Result<Connection, StoreError> {
@@ -292,6 +295,16 @@ pub fn open_connection(path: &Path, strict: bool) -> Result<Connection, StoreErr
             conn.execute("INSERT INTO meta(k, v) VALUES('schema', ?1)", [SCHEMA_VERSION])?;
         }
         Some(SCHEMA_VERSION) => {}
+        Some("1") => {
+            // The schema above has built `usage_consumer_time` over the existing rows.
+            conn.execute_batch(
+                "BEGIN IMMEDIATE;
+                 DROP INDEX IF EXISTS usage_time;
+                 UPDATE meta SET v = '2' WHERE k = 'schema';
+                 COMMIT;",
+            )?;
+            tracing::info!("database schema migrated from version 1 to 2");
+        }
         Some(other) => {
             return Err(StoreError::Sql(format!(
                 "database schema version {other} is newer than this binary understands ({SCHEMA_VERSION})"
@@ -1241,4 +1254,92 @@ fn insert_entries(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn indexes(conn: &Connection, table: &str) -> Vec<String> {
+        let mut st = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL ORDER BY name")
+            .unwrap();
+        st.query_map([table], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    fn schema_version(conn: &Connection) -> String {
+        conn.query_row("SELECT v FROM meta WHERE k = 'schema'", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn a_consumers_usage_is_read_through_its_own_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_connection(&dir.path().join("t.db"), false).unwrap();
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", crate::USAGE_TOTALS_SQL))
+            .unwrap()
+            .query_map(params![1, 0, 10], |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|d| d.contains("usage_consumer_time") && d.contains("consumer_seq=?")),
+            "{plan:?}"
+        );
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated_with_its_usage_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        {
+            // What version 1 created: usage indexed by time alone.
+            let conn = open_connection(&path, false).unwrap();
+            conn.execute_batch(
+                "DROP INDEX usage_consumer_time;
+                 CREATE INDEX usage_time ON usage(occurred_ms);
+                 UPDATE meta SET v = '1' WHERE k = 'schema';
+                 INSERT INTO usage VALUES('c1', 'c1', 1, 7, NULL, 'api', 200, 1, 10, 100, 1, 5000);",
+            )
+            .unwrap();
+            assert_eq!(indexes(&conn, "usage"), ["usage_time"]);
+        }
+        let conn = open_connection(&path, false).unwrap();
+        assert_eq!(schema_version(&conn), SCHEMA_VERSION);
+        assert_eq!(indexes(&conn, "usage"), ["usage_consumer_time"]);
+        let (n, cost): (i64, i64) = conn
+            .query_row(crate::USAGE_TOTALS_SQL, params![7, 0, 10_000], |r| {
+                Ok((r.get(0)?, r.get(3)?))
+            })
+            .unwrap();
+        assert_eq!((n, cost), (1, 100));
+        drop(conn);
+        // Opening it again changes nothing.
+        let conn = open_connection(&path, false).unwrap();
+        assert_eq!(schema_version(&conn), "2");
+        assert_eq!(indexes(&conn, "usage"), ["usage_consumer_time"]);
+    }
+
+    #[test]
+    fn a_database_newer_than_the_binary_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        open_connection(&path, false)
+            .unwrap()
+            .execute("UPDATE meta SET v = '99' WHERE k = 'schema'", [])
+            .unwrap();
+        let err = open_connection(&path, false).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("schema version 99 is newer")),
+            "{err:?}"
+        );
+    }
 }

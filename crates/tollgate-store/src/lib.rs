@@ -828,12 +828,11 @@ impl Store {
         let seq = c.seq;
         let (requests, charged, bytes, cost): (i64, i64, i64, i64) = self
             .read(move |conn| {
-                Ok(conn.query_row(
-                    "SELECT COUNT(*), COALESCE(SUM(charged),0), COALESCE(SUM(bytes),0), COALESCE(SUM(cost),0)
-                     FROM usage WHERE consumer_seq=?1 AND occurred_ms >= ?2 AND occurred_ms < ?3",
-                    params![seq, from_ms, to_ms],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
-                )?)
+                Ok(
+                    conn.query_row(USAGE_TOTALS_SQL, params![seq, from_ms, to_ms], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })?,
+                )
             })
             .await?;
         Ok(UsageTotals {
@@ -872,6 +871,11 @@ impl Store {
         }
     }
 }
+
+/// A consumer's usage totals in a time range (read through the `usage_consumer_time` index).
+pub(crate) const USAGE_TOTALS_SQL: &str =
+    "SELECT COUNT(*), COALESCE(SUM(charged),0), COALESCE(SUM(bytes),0), COALESCE(SUM(cost),0)
+     FROM usage WHERE consumer_seq=?1 AND occurred_ms >= ?2 AND occurred_ms < ?3";
 
 /// Outcome of [`Store::adjust_balance`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
