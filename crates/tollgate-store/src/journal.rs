@@ -243,6 +243,10 @@ CREATE TABLE IF NOT EXISTS entries(
   seq INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY(charge_id, leg)) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS entries_seq ON entries(seq);
+-- A consumer's statement: the entries of its prepaid balance (kind 1), by side; a request's
+-- quota entries (other kinds) are not indexed here.
+CREATE INDEX IF NOT EXISTS entries_balance_debit ON entries(debit_owner, created_ms) WHERE debit_kind = 1;
+CREATE INDEX IF NOT EXISTS entries_balance_credit ON entries(credit_owner, created_ms) WHERE credit_kind = 1;
 CREATE TABLE IF NOT EXISTS usage(
   charge_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, tenant_seq INTEGER NOT NULL,
   consumer_seq INTEGER NOT NULL, key_id TEXT, route TEXT NOT NULL, status INTEGER NOT NULL,
@@ -1281,16 +1285,42 @@ mod tests {
     fn a_consumers_usage_is_read_through_its_own_index() {
         let dir = tempfile::tempdir().unwrap();
         let conn = open_connection(&dir.path().join("t.db"), false).unwrap();
-        let plan: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {}", crate::USAGE_TOTALS_SQL))
-            .unwrap()
-            .query_map(params![1, 0, 10], |r| r.get(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let plan = query_plan(&conn, crate::USAGE_TOTALS_SQL, params![1, 0, 10]);
         assert!(
             plan.iter()
                 .any(|d| d.contains("usage_consumer_time") && d.contains("consumer_seq=?")),
+            "{plan:?}"
+        );
+    }
+
+    fn query_plan(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> Vec<String> {
+        conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(params, |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_statement_page_reads_both_sides_of_the_balance_through_their_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = open_connection(&dir.path().join("t.db"), false).unwrap();
+        let plan = query_plan(
+            &conn,
+            crate::STATEMENT_PAGE_SQL,
+            params![1, i64::MAX, "", 0, 51],
+        );
+        for index in ["entries_balance_debit", "entries_balance_credit"] {
+            assert!(
+                plan.iter().any(|d| d.starts_with("SEARCH entries")
+                    && d.contains(index)
+                    && d.contains("owner=? AND (created_ms,charge_id,leg)<(?,?,?)")),
+                "{index}: {plan:?}"
+            );
+        }
+        assert!(
+            !plan.iter().any(|d| d.starts_with("SCAN entries")),
             "{plan:?}"
         );
     }

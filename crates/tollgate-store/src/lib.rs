@@ -758,13 +758,7 @@ impl Store {
         self.read(move |conn| {
             // Newest first, ties in time broken by the entry's id, so pages neither repeat nor
             // skip entries that share a millisecond.
-            let mut st = conn.prepare(
-                "SELECT leg, kind, debit_kind = 1 AND debit_owner = ?1, amount, charge_id, created_ms
-                 FROM entries
-                 WHERE ((debit_kind = 1 AND debit_owner = ?1) OR (credit_kind = 1 AND credit_owner = ?1))
-                   AND (created_ms, charge_id, leg) < (?2, ?3, ?4)
-                 ORDER BY created_ms DESC, charge_id DESC, leg DESC LIMIT ?5",
-            )?;
+            let mut st = conn.prepare(STATEMENT_PAGE_SQL)?;
             let rows = st.query_map(
                 params![
                     seq,
@@ -871,6 +865,24 @@ impl Store {
         }
     }
 }
+
+/// A page of a consumer's statement: the entries debiting its balance and those crediting it,
+/// each side read newest first through its partial index (`entries_balance_debit`,
+/// `entries_balance_credit`) from the cursor on, then merged. Columns: leg, kind, is_debit,
+/// amount, charge_id, created_ms. Parameters: owner, cursor (created_ms, charge_id, leg), limit.
+pub(crate) const STATEMENT_PAGE_SQL: &str = "
+    SELECT leg, kind, is_debit, amount, charge_id, created_ms FROM (
+      SELECT * FROM (
+        SELECT leg, kind, 1 AS is_debit, amount, charge_id, created_ms FROM entries
+        WHERE debit_kind = 1 AND debit_owner = ?1 AND (created_ms, charge_id, leg) < (?2, ?3, ?4)
+        ORDER BY created_ms DESC, charge_id DESC, leg DESC LIMIT ?5)
+      UNION ALL
+      SELECT * FROM (
+        SELECT leg, kind, 0 AS is_debit, amount, charge_id, created_ms FROM entries
+        WHERE credit_kind = 1 AND credit_owner = ?1 AND (created_ms, charge_id, leg) < (?2, ?3, ?4)
+          AND NOT (debit_kind = 1 AND debit_owner = ?1)
+        ORDER BY created_ms DESC, charge_id DESC, leg DESC LIMIT ?5))
+    ORDER BY created_ms DESC, charge_id DESC, leg DESC LIMIT ?5";
 
 /// A consumer's usage totals in a time range (read through the `usage_consumer_time` index).
 pub(crate) const USAGE_TOTALS_SQL: &str =
