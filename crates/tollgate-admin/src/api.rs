@@ -52,6 +52,7 @@ pub fn routes() -> OpenApiRouter<AdminState> {
         .routes(routes!(usage))
         .routes(routes!(list_x402_payments))
         .routes(routes!(journal_stats))
+        .routes(routes!(check_ledger))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -153,6 +154,27 @@ pub async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".into(),
     })
+}
+
+/// Check the ledger: it balances, every account's totals are the sum of its entries, and
+/// every consumer's balance in memory (what admission decides on) is the one its entries give.
+/// Reads every entry: on a large database, run it off-peak. A difference is a finding, not an
+/// error: the answer is 200 with `ok: false` and the accounts and consumers that differ.
+#[utoipa::path(get, path = "/v1/ledger/check", tag = "meta",
+    responses((status = 200, description = "What the check found", body = LedgerCheckView),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorResponse),
+        (status = 503, description = "Store unavailable", body = ErrorResponse)))]
+pub async fn check_ledger(State(st): State<AdminState>) -> ApiResult<Json<LedgerCheckView>> {
+    let found = st.store.check_ledger().await?;
+    if !found.ok {
+        tracing::error!(
+            imbalance = found.imbalance,
+            accounts = found.account_mismatches.len(),
+            balances = found.balance_mismatches.len(),
+            "ledger check found differences"
+        );
+    }
+    Ok(Json(found.into()))
 }
 
 /// The charge log writer's counters since start: records, group commits and the disk's sync

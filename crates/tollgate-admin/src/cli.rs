@@ -61,10 +61,21 @@ pub enum AdminCommand {
     X402(X402Cmd),
     /// Show the charge log's counters: records, group commits, sync latency of the disk.
     Journal,
+    /// The ledger: check that it balances, that accounts are the sums of their entries and
+    /// that balances in memory match (reads every entry; exit 1 when something differs).
+    #[command(subcommand)]
+    Ledger(LedgerCmd),
     /// Print the OpenAPI document of the admin API.
     Openapi,
     /// Check that the admin API answers.
     Health,
+}
+
+/// `ledger …`
+#[derive(Debug, Clone, Subcommand)]
+pub enum LedgerCmd {
+    /// Check the ledger (`GET /v1/ledger/check`); exit 1 when it is not `ok`.
+    Check,
 }
 
 /// `tenants …`
@@ -382,6 +393,9 @@ pub enum CliError {
     /// The output could not be written.
     #[error("cannot write output: {0}")]
     Io(#[from] std::io::Error),
+    /// A check ran and found differences (its report is printed).
+    #[error("{0}")]
+    Finding(String),
 }
 
 fn fmt_details(d: &Value) -> String {
@@ -393,7 +407,7 @@ fn fmt_details(d: &Value) -> String {
 
 impl CliError {
     /// Process exit code (sysexits): 65 bad input, 69 unavailable, 76 protocol, 74 I/O,
-    /// 77 authentication, 1 any other API error.
+    /// 77 authentication, 1 any other API error or a check's finding.
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Input(_) => 65,
@@ -406,6 +420,7 @@ impl CliError {
             },
             CliError::Protocol { .. } => 76,
             CliError::Io(_) => 74,
+            CliError::Finding(_) => 1,
         }
     }
 }
@@ -597,6 +612,7 @@ pub fn call_for(cmd: &AdminCommand) -> Result<Call, CliError> {
             .query("after", after)
             .query("limit", limit),
         AdminCommand::Journal => Call::new(M::GET, &["v1", "journal"]),
+        AdminCommand::Ledger(LedgerCmd::Check) => Call::new(M::GET, &["v1", "ledger", "check"]),
         AdminCommand::Openapi => Call::new(M::GET, &["openapi.json"]),
         AdminCommand::Health => Call::new(M::GET, &["healthz"]),
     })
@@ -678,6 +694,11 @@ pub async fn run(
     };
     let text = serde_json::to_string_pretty(&v).map_err(|e| CliError::Input(e.to_string()))?;
     writeln!(out, "{text}")?;
+    if matches!(cmd, AdminCommand::Ledger(LedgerCmd::Check)) && v["ok"] != Value::Bool(true) {
+        return Err(CliError::Finding(
+            "the ledger check found differences (listed above)".into(),
+        ));
+    }
     Ok(())
 }
 

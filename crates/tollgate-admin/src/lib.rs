@@ -303,12 +303,13 @@ mod tests {
             "/v1/consumers/{id}/usage",
             "/v1/x402/payments",
             "/v1/journal",
+            "/v1/ledger/check",
         ] {
             assert!(
                 doc.paths.paths.contains_key(p),
                 "{p} missing from {paths:?}"
             );
         }
-        assert_eq!(doc.paths.paths.len(), 20);
+        assert_eq!(doc.paths.paths.len(), 21);
     }
 }

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use tollgate_core::config::{CapScope, Overage, PlanConfig, RateScope};
 use tollgate_core::period::PeriodKind;
-use tollgate_store::{ConsumerView, EntryView, KeyView, SubStatus, TenantView, UsageTotals};
+use tollgate_store::{
+    ConsumerView, EntryView, KeyView, LedgerCheck, SubStatus, TenantView, UsageTotals,
+};
 use utoipa::{IntoParams, ToSchema};
 
 /// The error body of every failed request (the gateway's error contract).
@@ -749,4 +751,100 @@ pub struct JournalStats {
     pub sync_p999_us: Option<u64>,
     /// Every bucket, fastest first.
     pub sync_histogram: Vec<SyncBucket>,
+}
+
+/// Credits and debits of one account: micro-units for money accounts, units (requests,
+/// bytes) for quota accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Totals {
+    /// Credits.
+    pub credits: i64,
+    /// Debits.
+    pub debits: i64,
+}
+
+impl From<(i64, i64)> for Totals {
+    fn from((credits, debits): (i64, i64)) -> Self {
+        Totals { credits, debits }
+    }
+}
+
+/// An account whose recorded totals differ from the sum of its entries.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AccountMismatchView {
+    /// Account kind: 1 balance, 2 requests quota, 3 bytes quota, 4/5/6 consumer/key/tenant
+    /// spending cap, 100 revenue, 101 quota sink, 102 funding, 103 cap sink.
+    pub kind: i64,
+    /// Owner: the consumer's, key's or tenant's sequence number.
+    pub owner: i64,
+    /// Period start, Unix seconds (0 for balances).
+    pub period: i64,
+    /// Recorded in the account (with entries not folded in yet).
+    pub recorded: Totals,
+    /// Summed from its entries.
+    pub entries: Totals,
+}
+
+/// A consumer whose balance in memory differs from the one its entries give.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BalanceMismatchView {
+    /// Consumer id.
+    pub consumer: String,
+    /// Posted in memory, micro-units.
+    pub memory: Totals,
+    /// Summed from its balance entries, micro-units.
+    pub entries: Totals,
+    /// Its requests in flight when last compared (a difference with requests in flight may
+    /// be one settling; run the check again).
+    pub in_flight: usize,
+}
+
+/// The ledger checked: `ok` when it balances, every account's totals are the sum of its
+/// entries and every consumer's balance in memory is the one its entries give.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LedgerCheckView {
+    /// Nothing below differs.
+    pub ok: bool,
+    /// Entries read.
+    pub entries: i64,
+    /// Accounts recorded.
+    pub accounts: i64,
+    /// Credits minus debits over every entry: 0 when the ledger balances.
+    pub imbalance: i64,
+    /// Accounts whose totals differ from their entries' (the first 100).
+    pub account_mismatches: Vec<AccountMismatchView>,
+    /// Consumers whose balance in memory differs from their entries' (the first 100).
+    pub balance_mismatches: Vec<BalanceMismatchView>,
+}
+
+impl From<LedgerCheck> for LedgerCheckView {
+    fn from(c: LedgerCheck) -> Self {
+        LedgerCheckView {
+            ok: c.ok,
+            entries: c.entries,
+            accounts: c.accounts,
+            imbalance: c.imbalance,
+            account_mismatches: c
+                .account_mismatches
+                .into_iter()
+                .map(|m| AccountMismatchView {
+                    kind: m.kind,
+                    owner: m.owner,
+                    period: m.period,
+                    recorded: m.recorded.into(),
+                    entries: m.entries.into(),
+                })
+                .collect(),
+            balance_mismatches: c
+                .balance_mismatches
+                .into_iter()
+                .map(|m| BalanceMismatchView {
+                    consumer: m.consumer,
+                    memory: m.memory.into(),
+                    entries: m.entries.into(),
+                    in_flight: m.in_flight,
+                })
+                .collect(),
+        }
+    }
 }

@@ -195,6 +195,79 @@ impl std::str::FromStr for EntryCursor {
     }
 }
 
+/// What [`Store::check_ledger`] found.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct LedgerCheck {
+    /// Nothing below differs.
+    pub ok: bool,
+    /// Entries read.
+    pub entries: i64,
+    /// Accounts recorded.
+    pub accounts: i64,
+    /// Credits minus debits over every account (micro-units or units): 0 when the ledger
+    /// balances.
+    pub imbalance: i64,
+    /// Accounts whose recorded totals differ from the sum of their entries (the first 100).
+    pub account_mismatches: Vec<AccountMismatch>,
+    /// Consumers whose balance in memory (what admission decides on) differs from the one
+    /// their entries give (the first 100).
+    pub balance_mismatches: Vec<BalanceMismatch>,
+}
+
+/// An account whose totals in `accounts` (with entries not folded in yet) differ from the sum
+/// of its entries.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct AccountMismatch {
+    /// Account kind (`AcctKind` number).
+    pub kind: i64,
+    /// Owner (consumer, key or tenant sequence number).
+    pub owner: i64,
+    /// Period start (Unix seconds; 0 for balances).
+    pub period: i64,
+    /// Credits and debits recorded.
+    pub recorded: (i64, i64),
+    /// Credits and debits of its entries.
+    pub entries: (i64, i64),
+}
+
+/// A consumer whose posted balance in memory differs from its balance account's entries.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct BalanceMismatch {
+    /// Consumer id.
+    pub consumer: String,
+    /// Credits and debits posted in memory.
+    pub memory: (i64, i64),
+    /// Credits and debits of its entries.
+    pub entries: (i64, i64),
+    /// Requests of it in flight when last compared.
+    pub in_flight: usize,
+}
+
+/// Per account `(kind, owner, period)`: the sum of its entries' credits and debits.
+const LEDGER_ENTRY_TOTALS_SQL: &str = "
+    WITH sides(kind, owner, period, credits, debits, seq) AS (
+      SELECT debit_kind, debit_owner, debit_period, 0, amount, seq FROM entries
+      UNION ALL
+      SELECT credit_kind, credit_owner, credit_period, amount, 0, seq FROM entries)";
+
+/// Accounts whose recorded totals differ from their entries'. Recorded: `accounts` plus the
+/// entries not folded into it yet (`seq` past `meta.accounts_through`; entries of admin
+/// operations have `seq` 0 and are posted to `accounts` directly).
+const LEDGER_ACCOUNT_MISMATCHES_SQL: &str = "
+    , computed AS (SELECT kind, owner, period, SUM(credits) c, SUM(debits) d FROM sides
+                   GROUP BY kind, owner, period),
+      recorded AS (SELECT kind, owner, period, SUM(c) c, SUM(d) d FROM (
+                     SELECT kind, owner, period, credits c, debits d FROM accounts
+                     UNION ALL
+                     SELECT kind, owner, period, credits, debits FROM sides WHERE seq > ?1)
+                   GROUP BY kind, owner, period)
+    SELECT COALESCE(r.kind, e.kind), COALESCE(r.owner, e.owner), COALESCE(r.period, e.period),
+           COALESCE(r.c, 0), COALESCE(r.d, 0), COALESCE(e.c, 0), COALESCE(e.d, 0)
+    FROM recorded r FULL OUTER JOIN computed e
+      ON r.kind = e.kind AND r.owner = e.owner AND r.period = e.period
+    WHERE COALESCE(r.c, 0) <> COALESCE(e.c, 0) OR COALESCE(r.d, 0) <> COALESCE(e.d, 0)
+    ORDER BY 1, 2, 3 LIMIT 100";
+
 /// Usage totals of a consumer over a time range.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct UsageTotals {
@@ -837,6 +910,101 @@ impl Store {
         })
     }
 
+    /// Check the ledger: that it balances (credits equal debits over all accounts), that every
+    /// account's recorded totals are the sum of its entries, and that every consumer's balance
+    /// in memory is the one its entries give. Reads every entry (a scan: run it off-peak on a
+    /// large database; it holds the store's query connection meanwhile). A consumer with
+    /// requests settling while it runs may differ for a moment: such differences are compared
+    /// again, up to five times 20 ms apart, before they are reported.
+    pub async fn check_ledger(&self) -> Result<LedgerCheck, StoreError> {
+        self.journal.flush().await?;
+        let (entries, accounts, imbalance, account_mismatches) = self
+            .read(|conn| {
+                let tx = conn.unchecked_transaction()?;
+                let through: i64 = tx
+                    .query_row(
+                        "SELECT CAST(v AS INTEGER) FROM meta WHERE k = 'accounts_through'",
+                        [],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .unwrap_or(0);
+                let entries: i64 = tx.query_row("SELECT COUNT(*) FROM entries", [], |r| r.get(0))?;
+                let accounts: i64 =
+                    tx.query_row("SELECT COUNT(*) FROM accounts", [], |r| r.get(0))?;
+                let imbalance: i64 = tx.query_row(
+                    &format!(
+                        "{LEDGER_ENTRY_TOTALS_SQL} SELECT COALESCE(SUM(credits) - SUM(debits), 0) FROM sides"
+                    ),
+                    [],
+                    |r| r.get(0),
+                )?;
+                let mut st = tx.prepare(&format!(
+                    "{LEDGER_ENTRY_TOTALS_SQL} {LEDGER_ACCOUNT_MISMATCHES_SQL}"
+                ))?;
+                let mismatches = st
+                    .query_map([through], |r| {
+                        Ok(AccountMismatch {
+                            kind: r.get(0)?,
+                            owner: r.get(1)?,
+                            period: r.get(2)?,
+                            recorded: (r.get(3)?, r.get(4)?),
+                            entries: (r.get(5)?, r.get(6)?),
+                        })
+                    })?
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((entries, accounts, imbalance, mismatches))
+            })
+            .await?;
+        let mut suspects: Vec<Arc<ConsumerEntry>> = self.dir.consumers.values();
+        let mut balance_mismatches = Vec::new();
+        for round in 0..5 {
+            if round > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            // Memory first, then the ledger after a flush: a posting seen in memory is then
+            // in the ledger too, unless it was made while this runs.
+            let memory: Vec<(i64, i64, usize)> = suspects
+                .iter()
+                .map(|c| {
+                    let st = c.state.lock();
+                    (st.balance_credits, st.balance_debits, st.holds_len())
+                })
+                .collect();
+            self.journal.flush().await?;
+            let owners: Vec<i64> = suspects.iter().map(|c| c.seq).collect();
+            let ledger = self.read(move |conn| balance_totals(conn, &owners)).await?;
+            balance_mismatches.clear();
+            let mut still = Vec::new();
+            for ((c, (mc, md, in_flight)), entries) in suspects.into_iter().zip(memory).zip(ledger)
+            {
+                if (mc, md) != entries {
+                    if balance_mismatches.len() < 100 {
+                        balance_mismatches.push(BalanceMismatch {
+                            consumer: c.id.to_string(),
+                            memory: (mc, md),
+                            entries,
+                            in_flight,
+                        });
+                    }
+                    still.push(c);
+                }
+            }
+            suspects = still;
+            if suspects.is_empty() {
+                break;
+            }
+        }
+        Ok(LedgerCheck {
+            ok: imbalance == 0 && account_mismatches.is_empty() && balance_mismatches.is_empty(),
+            entries,
+            accounts,
+            imbalance,
+            account_mismatches,
+            balance_mismatches,
+        })
+    }
+
     /// Count of charged usage rows for a request id (tests and audits).
     pub async fn charged_count(&self, request_id: &str) -> Result<i64, StoreError> {
         self.journal.flush().await?;
@@ -888,6 +1056,25 @@ pub(crate) const STATEMENT_PAGE_SQL: &str = "
 pub(crate) const USAGE_TOTALS_SQL: &str =
     "SELECT COUNT(*), COALESCE(SUM(charged),0), COALESCE(SUM(bytes),0), COALESCE(SUM(cost),0)
      FROM usage WHERE consumer_seq=?1 AND occurred_ms >= ?2 AND occurred_ms < ?3";
+
+/// Credits and debits of each consumer's balance account (by sequence number, in the order
+/// given), summed from its entries.
+fn balance_totals(conn: &Connection, owners: &[i64]) -> Result<Vec<(i64, i64)>, StoreError> {
+    let mut debits = conn.prepare_cached(
+        "SELECT COALESCE(SUM(amount), 0) FROM entries WHERE debit_kind = 1 AND debit_owner = ?1",
+    )?;
+    let mut credits = conn.prepare_cached(
+        "SELECT COALESCE(SUM(amount), 0) FROM entries WHERE credit_kind = 1 AND credit_owner = ?1",
+    )?;
+    owners
+        .iter()
+        .map(|&o| {
+            let c: i64 = credits.query_row([o], |r| r.get(0))?;
+            let d: i64 = debits.query_row([o], |r| r.get(0))?;
+            Ok((c, d))
+        })
+        .collect()
+}
 
 /// Outcome of [`Store::adjust_balance`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -229,3 +229,103 @@ async fn statement_pages_cover_every_entry_once_across_equal_times() {
         );
     }
 }
+
+/// The ledger check passes on a ledger written through the store — admin balance changes
+/// (posted to `accounts` directly) and request entries (folded in later) — and names what
+/// differs once the accounts or the entries are changed behind the store's back.
+#[tokio::test]
+async fn the_ledger_check_passes_on_a_sound_ledger_and_names_what_was_tampered_with() {
+    let (dir, _clock, store) = open(&["a", "b"]).await;
+    let a = store.dir.consumer("a").unwrap().seq;
+    let b = store.dir.consumer("b").unwrap().seq;
+    store
+        .adjust_balance("a", 5_000_000, "t-1", "topup")
+        .await
+        .unwrap();
+    store
+        .adjust_balance("a", -1_000_000, "f-1", "adjust")
+        .await
+        .unwrap();
+    store
+        .adjust_balance("b", 2_000_000, "t-2", "topup")
+        .await
+        .unwrap();
+    // Request entries on a quota account: logged, applied, not yet folded into `accounts`.
+    for i in 0..10 {
+        let quota = Op::Charge {
+            usage: Box::new(UsageRecord {
+                charge_id: format!("q-{i}"),
+                request_id: format!("q-{i}"),
+                tenant_seq: 1,
+                consumer_seq: a,
+                key_id: None,
+                route: "api".into(),
+                status: 200,
+                requests: 1,
+                bytes: 0,
+                cost: 0,
+                charged: true,
+                occurred_ms: 2_000_000 + i,
+            }),
+            entries: vec![Entry {
+                leg: 0,
+                kind: "quota",
+                debit: AcctKey {
+                    kind: AcctKind::QuotaRequests,
+                    owner: a,
+                    period: 7,
+                },
+                credit: AcctKey {
+                    kind: AcctKind::QuotaSink,
+                    owner: 1,
+                    period: 7,
+                },
+                amount: 1,
+            }],
+            idem: None,
+        };
+        store.journal.write(quota).await.unwrap();
+    }
+    let sound = store.check_ledger().await.unwrap();
+    assert!(sound.ok, "{sound:?}");
+    assert_eq!((sound.entries, sound.imbalance), (13, 0));
+    assert!(sound.account_mismatches.is_empty() && sound.balance_mismatches.is_empty());
+
+    // Behind the store's back: a's balance account gains 5 units of credit, and an entry
+    // crediting b's balance appears that neither `accounts` nor memory saw.
+    let db = rusqlite::Connection::open(dir.path().join("q.db")).unwrap();
+    db.execute(
+        "UPDATE accounts SET credits = credits + 5 WHERE kind = 1 AND owner = ?1",
+        [a],
+    )
+    .unwrap();
+    db.execute(
+        "INSERT INTO entries(charge_id, leg, kind, debit_kind, debit_owner, debit_period,
+         credit_kind, credit_owner, credit_period, amount, created_ms)
+         VALUES('forged', 0, 'topup', 102, 1, 0, 1, ?1, 0, 700, 3000000)",
+        [b],
+    )
+    .unwrap();
+    let found = store.check_ledger().await.unwrap();
+    assert!(!found.ok);
+    assert_eq!(found.imbalance, 0, "a forged entry still has two sides");
+    let by_account: Vec<_> = found
+        .account_mismatches
+        .iter()
+        .map(|m| (m.kind, m.owner, m.recorded, m.entries))
+        .collect();
+    assert_eq!(
+        by_account,
+        [
+            (1, a, (5_000_005, 1_000_000), (5_000_000, 1_000_000)),
+            (1, b, (2_000_000, 0), (2_000_700, 0)),
+            (102, 1, (0, 0), (0, 700)),
+        ]
+    );
+    let balances: Vec<_> = found
+        .balance_mismatches
+        .iter()
+        .map(|m| (m.consumer.as_str(), m.memory, m.entries, m.in_flight))
+        .collect();
+    assert_eq!(balances, [("b", (2_000_000, 0), (2_000_700, 0), 0)]);
+}

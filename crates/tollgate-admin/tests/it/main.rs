@@ -1013,7 +1013,7 @@ async fn openapi_document_is_public_and_complete() {
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.body["openapi"].as_str().unwrap().get(..2), Some("3."));
     let paths = r.body["paths"].as_object().unwrap();
-    assert_eq!(paths.len(), 20, "{:?}", paths.keys().collect::<Vec<_>>());
+    assert_eq!(paths.len(), 21, "{:?}", paths.keys().collect::<Vec<_>>());
     assert_eq!(
         paths["/v1/consumers/{id}/credits"]["post"]["requestBody"]["required"],
         true

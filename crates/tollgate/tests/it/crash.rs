@@ -118,6 +118,15 @@ quotas = { requests = 1000000 }
         "{c}"
     );
     assert_eq!(c["pending"], "0.00", "no hold survives the restart: {c}");
+    // The ledger the restart recovered balances, its accounts are the sums of their entries
+    // and the balances it loaded into memory are the entries'.
+    let (s, check) = gw
+        .admin(reqwest::Method::GET, "/v1/ledger/check", None)
+        .await;
+    assert_eq!(s, 200, "{check}");
+    assert_eq!(check["ok"], true, "{check}");
+    assert_eq!(check["imbalance"], 0, "{check}");
+    assert!(check["entries"].as_i64().unwrap() >= 2 * charged, "{check}");
     // And the gateway keeps serving and charging after the restart.
     let r = gw
         .http
@@ -127,4 +136,44 @@ quotas = { requests = 1000000 }
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+
+    // The CLI runs the same check: exit 0 on this ledger; after the balance account is
+    // changed behind the gateway's back, exit 1 with the account and the consumer named.
+    let ledger_check = || {
+        std::process::Command::new(crate::harness::bin())
+            .args(["admin", "--url", &format!("http://{}", gw.admin)])
+            .args(["--token", crate::harness::TOKEN, "ledger", "check"])
+            .output()
+            .unwrap()
+    };
+    let out = ledger_check();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db.execute(
+        "UPDATE accounts SET debits = debits - 10000 WHERE kind = 1",
+        [],
+    )
+    .unwrap();
+    let out = ledger_check();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["ok"], false, "{report}");
+    let diff = &report["account_mismatches"][0];
+    assert_eq!(diff["kind"], 1, "{report}");
+    assert_eq!(
+        diff["entries"]["debits"].as_i64().unwrap() - diff["recorded"]["debits"].as_i64().unwrap(),
+        10_000,
+        "{report}"
+    );
 }
