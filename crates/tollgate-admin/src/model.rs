@@ -809,7 +809,8 @@ pub struct LedgerCheckView {
     pub entries: i64,
     /// Accounts recorded.
     pub accounts: i64,
-    /// Credits minus debits over every entry: 0 when the ledger balances.
+    /// Credits minus debits over every account: 0 when the ledger balances (entries do by
+    /// construction: each credits one account and debits another by its amount).
     pub imbalance: i64,
     /// Accounts whose totals differ from their entries' (the first 100).
     pub account_mismatches: Vec<AccountMismatchView>,

@@ -243,30 +243,32 @@ pub struct BalanceMismatch {
     pub in_flight: usize,
 }
 
-/// Per account `(kind, owner, period)`: the sum of its entries' credits and debits.
-const LEDGER_ENTRY_TOTALS_SQL: &str = "
-    WITH sides(kind, owner, period, credits, debits, seq) AS (
-      SELECT debit_kind, debit_owner, debit_period, 0, amount, seq FROM entries
-      UNION ALL
-      SELECT credit_kind, credit_owner, credit_period, amount, 0, seq FROM entries)";
-
-/// Accounts whose recorded totals differ from their entries'. Recorded: `accounts` plus the
-/// entries not folded into it yet (`seq` past `meta.accounts_through`; entries of admin
-/// operations have `seq` 0 and are posted to `accounts` directly).
+/// Accounts whose recorded totals differ from the sums of their entries: recorded is
+/// `accounts` plus the entries not folded into it yet (`seq` past `meta.accounts_through`,
+/// parameter 1; entries of admin operations have `seq` 0 and are posted to `accounts`
+/// directly). One grouping over every entry's two sides.
 const LEDGER_ACCOUNT_MISMATCHES_SQL: &str = "
-    , computed AS (SELECT kind, owner, period, SUM(credits) c, SUM(debits) d FROM sides
-                   GROUP BY kind, owner, period),
-      recorded AS (SELECT kind, owner, period, SUM(c) c, SUM(d) d FROM (
-                     SELECT kind, owner, period, credits c, debits d FROM accounts
-                     UNION ALL
-                     SELECT kind, owner, period, credits, debits FROM sides WHERE seq > ?1)
-                   GROUP BY kind, owner, period)
-    SELECT COALESCE(r.kind, e.kind), COALESCE(r.owner, e.owner), COALESCE(r.period, e.period),
-           COALESCE(r.c, 0), COALESCE(r.d, 0), COALESCE(e.c, 0), COALESCE(e.d, 0)
-    FROM recorded r FULL OUTER JOIN computed e
-      ON r.kind = e.kind AND r.owner = e.owner AND r.period = e.period
-    WHERE COALESCE(r.c, 0) <> COALESCE(e.c, 0) OR COALESCE(r.d, 0) <> COALESCE(e.d, 0)
-    ORDER BY 1, 2, 3 LIMIT 100";
+    SELECT kind, owner, period, SUM(rc), SUM(rd), SUM(ec), SUM(ed) FROM (
+      SELECT kind, owner, period, credits AS rc, debits AS rd, 0 AS ec, 0 AS ed FROM accounts
+      UNION ALL
+      SELECT debit_kind, debit_owner, debit_period, 0, amount, 0, 0 FROM entries WHERE seq > ?1
+      UNION ALL
+      SELECT credit_kind, credit_owner, credit_period, amount, 0, 0, 0 FROM entries WHERE seq > ?1
+      UNION ALL
+      SELECT debit_kind, debit_owner, debit_period, 0, 0, 0, amount FROM entries
+      UNION ALL
+      SELECT credit_kind, credit_owner, credit_period, 0, 0, amount, 0 FROM entries)
+    GROUP BY kind, owner, period
+    HAVING SUM(rc) <> SUM(ec) OR SUM(rd) <> SUM(ed)
+    ORDER BY kind, owner, period LIMIT 100";
+
+/// Credits and debits of every consumer's balance, summed from its entries (by owner).
+const LEDGER_BALANCES_SQL: &str = "
+    SELECT owner, SUM(c), SUM(d) FROM (
+      SELECT credit_owner AS owner, amount AS c, 0 AS d FROM entries WHERE credit_kind = 1
+      UNION ALL
+      SELECT debit_owner, 0, amount FROM entries WHERE debit_kind = 1)
+    GROUP BY owner";
 
 /// Usage totals of a consumer over a time range.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -929,19 +931,18 @@ impl Store {
                     )
                     .optional()?
                     .unwrap_or(0);
-                let entries: i64 = tx.query_row("SELECT COUNT(*) FROM entries", [], |r| r.get(0))?;
+                let entries: i64 =
+                    tx.query_row("SELECT COUNT(*) FROM entries", [], |r| r.get(0))?;
                 let accounts: i64 =
                     tx.query_row("SELECT COUNT(*) FROM accounts", [], |r| r.get(0))?;
+                // Every entry credits one account and debits another by the same amount, so
+                // the entries not folded in yet balance by construction: the accounts must.
                 let imbalance: i64 = tx.query_row(
-                    &format!(
-                        "{LEDGER_ENTRY_TOTALS_SQL} SELECT COALESCE(SUM(credits) - SUM(debits), 0) FROM sides"
-                    ),
+                    "SELECT COALESCE(SUM(credits) - SUM(debits), 0) FROM accounts",
                     [],
                     |r| r.get(0),
                 )?;
-                let mut st = tx.prepare(&format!(
-                    "{LEDGER_ENTRY_TOTALS_SQL} {LEDGER_ACCOUNT_MISMATCHES_SQL}"
-                ))?;
+                let mut st = tx.prepare(LEDGER_ACCOUNT_MISMATCHES_SQL)?;
                 let mismatches = st
                     .query_map([through], |r| {
                         Ok(AccountMismatch {
@@ -973,7 +974,9 @@ impl Store {
                 .collect();
             self.journal.flush().await?;
             let owners: Vec<i64> = suspects.iter().map(|c| c.seq).collect();
-            let ledger = self.read(move |conn| balance_totals(conn, &owners)).await?;
+            let ledger = self
+                .read(move |conn| balance_totals(conn, &owners, round == 0))
+                .await?;
             balance_mismatches.clear();
             let mut still = Vec::new();
             for ((c, (mc, md, in_flight)), entries) in suspects.into_iter().zip(memory).zip(ledger)
@@ -1058,8 +1061,23 @@ pub(crate) const USAGE_TOTALS_SQL: &str =
      FROM usage WHERE consumer_seq=?1 AND occurred_ms >= ?2 AND occurred_ms < ?3";
 
 /// Credits and debits of each consumer's balance account (by sequence number, in the order
-/// given), summed from its entries.
-fn balance_totals(conn: &Connection, owners: &[i64]) -> Result<Vec<(i64, i64)>, StoreError> {
+/// given), summed from its entries: `all` in one grouping over every balance entry, else
+/// owner by owner through the statement indexes (for a few).
+fn balance_totals(
+    conn: &Connection,
+    owners: &[i64],
+    all: bool,
+) -> Result<Vec<(i64, i64)>, StoreError> {
+    if all {
+        let mut st = conn.prepare(LEDGER_BALANCES_SQL)?;
+        let totals: std::collections::HashMap<i64, (i64, i64)> = st
+            .query_map([], |r| Ok((r.get(0)?, (r.get(1)?, r.get(2)?))))?
+            .collect::<Result<_, _>>()?;
+        return Ok(owners
+            .iter()
+            .map(|o| totals.get(o).copied().unwrap_or((0, 0)))
+            .collect());
+    }
     let mut debits = conn.prepare_cached(
         "SELECT COALESCE(SUM(amount), 0) FROM entries WHERE debit_kind = 1 AND debit_owner = ?1",
     )?;

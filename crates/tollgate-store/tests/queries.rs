@@ -308,7 +308,10 @@ async fn the_ledger_check_passes_on_a_sound_ledger_and_names_what_was_tampered_w
     .unwrap();
     let found = store.check_ledger().await.unwrap();
     assert!(!found.ok);
-    assert_eq!(found.imbalance, 0, "a forged entry still has two sides");
+    assert_eq!(
+        found.imbalance, 5,
+        "the accounts no longer balance (a forged entry has two sides, an edited account not)"
+    );
     let by_account: Vec<_> = found
         .account_mismatches
         .iter()

@@ -169,6 +169,7 @@ quotas = { requests = 1000000 }
     );
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["ok"], false, "{report}");
+    assert_eq!(report["imbalance"], 10_000, "{report}");
     let diff = &report["account_mismatches"][0];
     assert_eq!(diff["kind"], 1, "{report}");
     assert_eq!(
