@@ -478,17 +478,22 @@ struct WriterState {
 const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 const FLUSH_MAX_ACCOUNTS: usize = 50_000;
 
-/// Fold entries not yet reflected in `accounts` into it (after a crash or stop).
-pub fn recover_accounts(conn: &mut Connection) -> Result<usize, StoreError> {
-    let tx = conn.transaction()?;
-    let through: i64 = tx
+/// The last entry sequence number folded into `accounts` (0 before the first fold).
+pub(crate) fn accounts_through(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn
         .query_row(
             "SELECT CAST(v AS INTEGER) FROM meta WHERE k = 'accounts_through'",
             [],
             |r| r.get(0),
         )
         .optional()?
-        .unwrap_or(0);
+        .unwrap_or(0))
+}
+
+/// Fold entries not yet reflected in `accounts` into it (after a crash or stop).
+pub fn recover_accounts(conn: &mut Connection) -> Result<usize, StoreError> {
+    let tx = conn.transaction()?;
+    let through = accounts_through(&tx)?;
     let mut deltas = Deltas::default();
     let mut max_seq = through;
     let mut n = 0;

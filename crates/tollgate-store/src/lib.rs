@@ -923,14 +923,7 @@ impl Store {
         let (entries, accounts, imbalance, account_mismatches) = self
             .read(|conn| {
                 let tx = conn.unchecked_transaction()?;
-                let through: i64 = tx
-                    .query_row(
-                        "SELECT CAST(v AS INTEGER) FROM meta WHERE k = 'accounts_through'",
-                        [],
-                        |r| r.get(0),
-                    )
-                    .optional()?
-                    .unwrap_or(0);
+                let through = journal::accounts_through(&tx)?;
                 let entries: i64 =
                     tx.query_row("SELECT COUNT(*) FROM entries", [], |r| r.get(0))?;
                 let accounts: i64 =
