@@ -243,33 +243,6 @@ pub struct BalanceMismatch {
     pub in_flight: usize,
 }
 
-/// Accounts whose recorded totals differ from the sums of their entries: recorded is
-/// `accounts` plus the entries not folded into it yet (`seq` past `meta.accounts_through`,
-/// parameter 1; entries of admin operations have `seq` 0 and are posted to `accounts`
-/// directly). One grouping over every entry's two sides.
-const LEDGER_ACCOUNT_MISMATCHES_SQL: &str = "
-    SELECT kind, owner, period, SUM(rc), SUM(rd), SUM(ec), SUM(ed) FROM (
-      SELECT kind, owner, period, credits AS rc, debits AS rd, 0 AS ec, 0 AS ed FROM accounts
-      UNION ALL
-      SELECT debit_kind, debit_owner, debit_period, 0, amount, 0, 0 FROM entries WHERE seq > ?1
-      UNION ALL
-      SELECT credit_kind, credit_owner, credit_period, amount, 0, 0, 0 FROM entries WHERE seq > ?1
-      UNION ALL
-      SELECT debit_kind, debit_owner, debit_period, 0, 0, 0, amount FROM entries
-      UNION ALL
-      SELECT credit_kind, credit_owner, credit_period, 0, 0, amount, 0 FROM entries)
-    GROUP BY kind, owner, period
-    HAVING SUM(rc) <> SUM(ec) OR SUM(rd) <> SUM(ed)
-    ORDER BY kind, owner, period LIMIT 100";
-
-/// Credits and debits of every consumer's balance, summed from its entries (by owner).
-const LEDGER_BALANCES_SQL: &str = "
-    SELECT owner, SUM(c), SUM(d) FROM (
-      SELECT credit_owner AS owner, amount AS c, 0 AS d FROM entries WHERE credit_kind = 1
-      UNION ALL
-      SELECT debit_owner, 0, amount FROM entries WHERE debit_kind = 1)
-    GROUP BY owner";
-
 /// Usage totals of a consumer over a time range.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct UsageTotals {
@@ -1052,6 +1025,33 @@ pub(crate) const STATEMENT_PAGE_SQL: &str = "
 pub(crate) const USAGE_TOTALS_SQL: &str =
     "SELECT COUNT(*), COALESCE(SUM(charged),0), COALESCE(SUM(bytes),0), COALESCE(SUM(cost),0)
      FROM usage WHERE consumer_seq=?1 AND occurred_ms >= ?2 AND occurred_ms < ?3";
+
+/// Accounts whose recorded totals differ from the sums of their entries: recorded is
+/// `accounts` plus the entries not folded into it yet (`seq` past `meta.accounts_through`,
+/// parameter 1; entries of admin operations have `seq` 0 and are posted to `accounts`
+/// directly). One grouping over every entry's two sides.
+const LEDGER_ACCOUNT_MISMATCHES_SQL: &str = "
+    SELECT kind, owner, period, SUM(rc), SUM(rd), SUM(ec), SUM(ed) FROM (
+      SELECT kind, owner, period, credits AS rc, debits AS rd, 0 AS ec, 0 AS ed FROM accounts
+      UNION ALL
+      SELECT debit_kind, debit_owner, debit_period, 0, amount, 0, 0 FROM entries WHERE seq > ?1
+      UNION ALL
+      SELECT credit_kind, credit_owner, credit_period, amount, 0, 0, 0 FROM entries WHERE seq > ?1
+      UNION ALL
+      SELECT debit_kind, debit_owner, debit_period, 0, 0, 0, amount FROM entries
+      UNION ALL
+      SELECT credit_kind, credit_owner, credit_period, 0, 0, amount, 0 FROM entries)
+    GROUP BY kind, owner, period
+    HAVING SUM(rc) <> SUM(ec) OR SUM(rd) <> SUM(ed)
+    ORDER BY kind, owner, period LIMIT 100";
+
+/// Credits and debits of every consumer's balance, summed from its entries (by owner).
+const LEDGER_BALANCES_SQL: &str = "
+    SELECT owner, SUM(c), SUM(d) FROM (
+      SELECT credit_owner AS owner, amount AS c, 0 AS d FROM entries WHERE credit_kind = 1
+      UNION ALL
+      SELECT debit_owner, 0, amount FROM entries WHERE debit_kind = 1)
+    GROUP BY owner";
 
 /// Credits and debits of each consumer's balance account (by sequence number, in the order
 /// given), summed from its entries: `all` in one grouping over every balance entry, else
