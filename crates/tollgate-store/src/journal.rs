@@ -429,23 +429,35 @@ const CHECKPOINT_AT_BYTES: u64 = 64 << 20;
 /// A non-empty WAL is checkpointed at least this often.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How often the checkpointer looks at the WAL (to write it back, see [`WalSync`]).
+const WAL_LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// The WAL is written back once it has grown by this much since its last sync...
+const WAL_SYNC_BYTES: u64 = 8 << 20;
+/// ...or, when it changed at all, after this long.
+const WAL_SYNC_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Copy the WAL into the database file when it has grown past [`CHECKPOINT_AT_BYTES`] or
 /// [`CHECKPOINT_EVERY`] has passed, without blocking the writer (PASSIVE); once fully copied,
 /// restart it from the beginning (TRUNCATE) so it does not grow without bound. A checkpoint
 /// writes and fsyncs the database file, which slows the writer's own fsyncs while it runs, so
-/// it runs seldom and in large steps rather than often. Stops with the journal.
+/// it runs seldom and in large steps rather than often. In between, the WAL is written back
+/// in steps of at most about [`WAL_SYNC_BYTES`] (see [`WalSync`]). Stops with the journal.
 fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<()>) {
-    let wal = conn.path().map(|p| format!("{p}-wal"));
+    let wal = conn
+        .path()
+        .map(|p| std::path::PathBuf::from(format!("{p}-wal")));
     let mut last = std::time::Instant::now();
+    let mut wal_sync = WalSync::default();
     loop {
-        thread::sleep(std::time::Duration::from_millis(1000));
+        thread::sleep(WAL_LOOK_EVERY);
         if alive.upgrade().is_none() {
             return;
         }
-        let size = wal
-            .as_ref()
-            .and_then(|w| std::fs::metadata(w).ok())
-            .map_or(0, |m| m.len());
+        let meta = wal.as_ref().and_then(|w| std::fs::metadata(w).ok());
+        if let (Some(w), Some(m)) = (&wal, &meta) {
+            wal_sync.sync_if_changed(w, m);
+        }
+        let size = meta.map_or(0, |m| m.len());
         if size == 0 || (size < CHECKPOINT_AT_BYTES && last.elapsed() < CHECKPOINT_EVERY) {
             continue;
         }
@@ -460,6 +472,60 @@ fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<()>) {
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
+        }
+    }
+}
+
+/// The WAL's write-back, a little at a time. The projector commits without syncing
+/// (`synchronous = NORMAL`), so what it adds to the WAL otherwise reaches the disk in bulk: at
+/// a checkpoint (which syncs the WAL first: up to [`CHECKPOINT_AT_BYTES`]) or when the
+/// kernel's flusher gets to it. Tens of MiB handed to the disk at once queue ahead of the
+/// charge log's own fdatasync, and every strict response waits for that. Synced once it has
+/// grown by [`WAL_SYNC_BYTES`] (or after [`WAL_SYNC_AFTER`] when it changed less), each
+/// write-back is a few MiB. The sync only makes durable earlier what SQLite syncs anyway; it
+/// does not change what a commit means. Measured at governed saturation on a 2-core VM
+/// (`wrk -c64`, 12 s, two runs each way): charge log syncs over 25 ms 5-9 -> 0, response p99
+/// 22.0-34.4 -> 9.7-11.6 ms, p99.9 44.3-57.4 -> 17.7-18.3 ms; req/s and CPU per request the
+/// same (bench/ab, 4 rounds: 34,700 vs 34,726 req/s). Syncing every 100 ms instead cost 4%
+/// of req/s.
+#[derive(Default)]
+struct WalSync {
+    file: Option<std::fs::File>,
+    /// Length and modification time of the WAL at the last sync, and when that was.
+    synced: Option<(u64, std::time::SystemTime, std::time::Instant)>,
+}
+
+impl WalSync {
+    fn sync_if_changed(&mut self, path: &Path, meta: &std::fs::Metadata) {
+        let Ok(modified) = meta.modified() else {
+            return;
+        };
+        let len = meta.len();
+        if let Some((l, m, at)) = &mut self.synced {
+            // Truncated by a checkpoint: it grows again from here.
+            *l = (*l).min(len);
+            let (l, m, at) = (*l, *m, *at);
+            let unchanged = l == len && m == modified;
+            // A WAL that restarted overwrites its frames in place: its length then says
+            // nothing, the time since the last sync does.
+            let small = len < l.saturating_add(WAL_SYNC_BYTES) && at.elapsed() < WAL_SYNC_AFTER;
+            if unchanged || small {
+                return;
+            }
+        }
+        if self.file.is_none() {
+            // Read-only is enough to sync; the WAL keeps its inode when SQLite truncates it.
+            self.file = std::fs::File::open(path).ok();
+        }
+        let Some(file) = &self.file else {
+            return;
+        };
+        match file.sync_data() {
+            Ok(()) => self.synced = Some((len, modified, std::time::Instant::now())),
+            Err(e) => {
+                tracing::warn!(error = %e, wal = %path.display(), "WAL write-back failed; reopening it next time");
+                self.file = None;
+            }
         }
     }
 }
