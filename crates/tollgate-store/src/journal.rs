@@ -1345,6 +1345,52 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn the_wal_is_written_back_when_it_grew_by_a_step_or_changed_a_while_ago() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db-wal");
+        let grow_to = |len: u64| {
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(false)
+                .open(&path)
+                .unwrap();
+            f.set_len(len).unwrap();
+            std::fs::metadata(&path).unwrap()
+        };
+        let synced_len = |w: &WalSync| w.synced.map(|(l, _, _)| l);
+        let mut w = WalSync::default();
+        // The first look syncs.
+        w.sync_if_changed(&path, &grow_to(1 << 20));
+        assert_eq!(synced_len(&w), Some(1 << 20));
+        // Less than a step, and recently synced: not yet.
+        w.sync_if_changed(&path, &grow_to((1 << 20) + WAL_SYNC_BYTES - 1));
+        assert_eq!(synced_len(&w), Some(1 << 20));
+        // A step past the last sync: synced.
+        let step = (1 << 20) + WAL_SYNC_BYTES;
+        w.sync_if_changed(&path, &grow_to(step));
+        assert_eq!(synced_len(&w), Some(step));
+        // Truncated by a checkpoint: growth counts from the new length, not the old one.
+        w.sync_if_changed(&path, &grow_to(0));
+        assert_eq!(synced_len(&w), Some(0));
+        w.sync_if_changed(&path, &grow_to(WAL_SYNC_BYTES));
+        assert_eq!(synced_len(&w), Some(WAL_SYNC_BYTES));
+        // A small change is synced once WAL_SYNC_AFTER has passed since the last sync.
+        if let Some((_, _, at)) = w.synced.as_mut() {
+            *at -= WAL_SYNC_AFTER;
+        }
+        w.sync_if_changed(&path, &grow_to(WAL_SYNC_BYTES + 4096));
+        assert_eq!(synced_len(&w), Some(WAL_SYNC_BYTES + 4096));
+        // Nothing changed: nothing to sync, however long ago.
+        if let Some((_, _, at)) = w.synced.as_mut() {
+            *at -= WAL_SYNC_AFTER;
+        }
+        let before = w.synced;
+        w.sync_if_changed(&path, &std::fs::metadata(&path).unwrap());
+        assert_eq!(w.synced, before);
+    }
+
     fn indexes(conn: &Connection, table: &str) -> Vec<String> {
         let mut st = conn
             .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ?1 AND sql IS NOT NULL ORDER BY name")
