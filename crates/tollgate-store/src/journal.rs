@@ -423,8 +423,6 @@ impl Journal {
 }
 
 const MAX_BATCH: usize = 4096;
-/// Smallest capacity of the log writer's buffer for a batch's frames.
-const MIN_FRAMES_BUF: usize = 4096;
 
 /// WAL size that triggers a checkpoint.
 const CHECKPOINT_AT_BYTES: u64 = 64 << 20;
@@ -493,8 +491,17 @@ fn checkpoint_loop(conn: Connection, alive: std::sync::Weak<()>) {
 #[derive(Default)]
 struct WalSync {
     file: Option<std::fs::File>,
-    /// Length and modification time of the WAL at the last sync, and when that was.
-    synced: Option<(u64, std::time::SystemTime, std::time::Instant)>,
+    synced: Option<Synced>,
+}
+
+/// The WAL as of its last sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Synced {
+    /// Its length then, or since, the shortest it has been (after a truncation it grows
+    /// again from there).
+    len: u64,
+    modified: std::time::SystemTime,
+    at: std::time::Instant,
 }
 
 impl WalSync {
@@ -503,14 +510,13 @@ impl WalSync {
             return;
         };
         let len = meta.len();
-        if let Some((l, m, at)) = &mut self.synced {
-            // Truncated by a checkpoint: it grows again from here.
-            *l = (*l).min(len);
-            let (l, m, at) = (*l, *m, *at);
-            let unchanged = l == len && m == modified;
+        if let Some(last) = &mut self.synced {
+            last.len = last.len.min(len);
+            let unchanged = last.len == len && last.modified == modified;
             // A WAL that restarted overwrites its frames in place: its length then says
             // nothing, the time since the last sync does.
-            let small = len < l.saturating_add(WAL_SYNC_BYTES) && at.elapsed() < WAL_SYNC_AFTER;
+            let small =
+                len < last.len.saturating_add(WAL_SYNC_BYTES) && last.at.elapsed() < WAL_SYNC_AFTER;
             if unchanged || small {
                 return;
             }
@@ -523,7 +529,13 @@ impl WalSync {
             return;
         };
         match file.sync_data() {
-            Ok(()) => self.synced = Some((len, modified, std::time::Instant::now())),
+            Ok(()) => {
+                self.synced = Some(Synced {
+                    len,
+                    modified,
+                    at: std::time::Instant::now(),
+                })
+            }
             Err(e) => {
                 tracing::warn!(error = %e, wal = %path.display(), "WAL write-back failed; reopening it next time");
                 self.file = None;
@@ -617,7 +629,7 @@ enum Projected {
     /// A record that is in the log (already acknowledged to its caller): the frame at `range`
     /// of the writer's batch buffer, decoded here (so what decoding allocates is freed on this
     /// thread).
-    Frame(u64, Arc<Vec<u8>>, std::ops::Range<usize>),
+    Frame(u64, Arc<[u8]>, std::ops::Range<usize>),
     /// A change that is made durable by the database commit itself; `done` is answered then.
     Direct(Op, Option<Done>),
     /// A full segment: remove it once everything up to `last_lsn` is in the database.
@@ -715,15 +727,14 @@ fn log_loop(
         } else if log.next_lsn > first_lsn {
             stats.record_commit(log.next_lsn - first_lsn);
         }
-        // Every logged record goes on to the projector as its frame in this batch's buffer.
-        // The buffer lives until the projector has applied the batch (a quarter of a second,
-        // more when it lags), so it keeps no spare capacity: at saturation 2,000+ batches a
-        // second of ~4 KB each would otherwise hold 64 KiB apiece. Measured: VmRSS after 3 s
-        // of governed load with 1,000,000 keys 374-396 MiB before (6 runs), 359-365 MiB
-        // (4 runs) now; CPU per request the same (bench/ab).
-        buf.shrink_to_fit();
-        let next = Vec::with_capacity(buf.len().max(MIN_FRAMES_BUF));
-        let frames = Arc::new(std::mem::replace(&mut buf, next));
+        // Every logged record goes on to the projector as its frame in a copy of this batch's
+        // frames, exactly their size (`buf` is reused): the copy lives until the projector has
+        // applied the batch (a quarter of a second, more when it lags), and with the 64 KiB
+        // of capacity a batch's buffer used to keep, 2,000+ batches a second of ~4 KB held
+        // 64 KiB apiece. Measured: VmRSS after 3 s of governed load with 1,000,000 keys
+        // 374-396 MiB then (6 runs), 359-365 MiB (4 runs) with exact-size buffers; CPU per
+        // request the same (bench/ab).
+        let frames: Arc<[u8]> = Arc::from(&buf[..]);
         let mut out: Vec<Projected> = Vec::with_capacity(batch.len() + 1);
         let mut wake = false;
         for (job, (lsn, range)) in batch.drain(..).zip(placed.drain(..)) {
@@ -1359,7 +1370,7 @@ mod tests {
             f.set_len(len).unwrap();
             std::fs::metadata(&path).unwrap()
         };
-        let synced_len = |w: &WalSync| w.synced.map(|(l, _, _)| l);
+        let synced_len = |w: &WalSync| w.synced.map(|s| s.len);
         let mut w = WalSync::default();
         // The first look syncs.
         w.sync_if_changed(&path, &grow_to(1 << 20));
@@ -1377,14 +1388,14 @@ mod tests {
         w.sync_if_changed(&path, &grow_to(WAL_SYNC_BYTES));
         assert_eq!(synced_len(&w), Some(WAL_SYNC_BYTES));
         // A small change is synced once WAL_SYNC_AFTER has passed since the last sync.
-        if let Some((_, _, at)) = w.synced.as_mut() {
-            *at -= WAL_SYNC_AFTER;
+        if let Some(s) = w.synced.as_mut() {
+            s.at -= WAL_SYNC_AFTER;
         }
         w.sync_if_changed(&path, &grow_to(WAL_SYNC_BYTES + 4096));
         assert_eq!(synced_len(&w), Some(WAL_SYNC_BYTES + 4096));
         // Nothing changed: nothing to sync, however long ago.
-        if let Some((_, _, at)) = w.synced.as_mut() {
-            *at -= WAL_SYNC_AFTER;
+        if let Some(s) = w.synced.as_mut() {
+            s.at -= WAL_SYNC_AFTER;
         }
         let before = w.synced;
         w.sync_if_changed(&path, &std::fs::metadata(&path).unwrap());
