@@ -1,7 +1,6 @@
 //! Exact money: integer micro-units (10⁻⁶ of the currency unit). Never `f64`.
 
 use std::fmt;
-use std::fmt::Write as _;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -97,31 +96,61 @@ impl Money {
     }
 }
 
-impl fmt::Display for Money {
-    /// At least two decimals, at most six, trailing zeros beyond the second trimmed:
-    /// `2500000` → `2.50`, `100` → `0.0001`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // On every governed response (twice): no allocation, no 128-bit division.
+/// A [`Money`] amount as decimal text, formatted on the stack (see [`Money::decimal`]).
+#[derive(Clone, Copy)]
+pub struct MoneyText {
+    // Sign, 20 digits of `u64`, the point and six decimals fit.
+    buf: [u8; 28],
+    len: u8,
+}
+
+impl MoneyText {
+    /// The text.
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits, '-' and '.' are ever written.
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or("0.00")
+    }
+}
+
+impl Money {
+    /// The amount as decimal text: at least two decimals, at most six, trailing zeros beyond
+    /// the second trimmed (`2500000` → `2.50`, `100` → `0.0001`). No allocation: it goes on
+    /// every governed response (twice).
+    pub fn decimal(self) -> MoneyText {
         let a = self.0.unsigned_abs();
-        let int = a / MICROS as u64;
         let mut frac = a % MICROS as u64;
         let mut digits = [b'0'; 6];
         for d in digits.iter_mut().rev() {
             *d = b'0' + (frac % 10) as u8;
             frac /= 10;
         }
-        let mut len = digits.len();
-        while len > 2 && digits[len - 1] == b'0' {
-            len -= 1;
+        let mut nfrac = digits.len();
+        while nfrac > 2 && digits[nfrac - 1] == b'0' {
+            nfrac -= 1;
         }
+        let mut out = MoneyText {
+            buf: [0; 28],
+            len: 0,
+        };
+        let mut at = 0;
+        let mut put = |bytes: &[u8]| {
+            out.buf[at..at + bytes.len()].copy_from_slice(bytes);
+            at += bytes.len();
+        };
         if self.0 < 0 {
-            f.write_str("-")?;
+            put(b"-");
         }
-        write!(f, "{int}.")?;
-        for &d in &digits[..len] {
-            f.write_char(char::from(d))?;
-        }
-        Ok(())
+        put(itoa::Buffer::new().format(a / MICROS as u64).as_bytes());
+        put(b".");
+        put(&digits[..nfrac]);
+        out.len = at as u8;
+        out
+    }
+}
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.decimal().as_str())
     }
 }
 
@@ -197,6 +226,17 @@ mod tests {
         fn display_roundtrips(v in -1_000_000_000_000_000i64..1_000_000_000_000_000i64) {
             let m = Money(v);
             prop_assert_eq!(Money::parse(&m.to_string()).unwrap(), m);
+        }
+
+        #[test]
+        fn decimal_text_matches_a_plain_formatting(v in any::<i64>()) {
+            let a = v.unsigned_abs();
+            let mut want = format!("{}{}.{:06}", if v < 0 { "-" } else { "" }, a / 1_000_000, a % 1_000_000);
+            while want.ends_with('0') && want.len() - want.find('.').unwrap() > 3 {
+                want.pop();
+            }
+            let got = Money(v).decimal();
+            prop_assert_eq!(got.as_str(), want.as_str());
         }
 
         #[test]

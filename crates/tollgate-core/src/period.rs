@@ -89,20 +89,25 @@ pub fn period_containing(
                 - i64::from(anchor_local.month0())
         }
     };
-    // The estimate is off by at most one in either direction; walk to the right period.
+    // The estimate is off by at most one in either direction; walk to the right period. Each
+    // boundary is a timezone conversion, so the two in hand move along instead of being
+    // computed again (two conversions in the common case).
+    let mut start = nth_start(kind, tz, anchor_local, n);
+    let mut end = nth_start(kind, tz, anchor_local, n + 1);
     for _ in 0..4 {
-        if nth_start(kind, tz, anchor_local, n) > now {
+        if start > now {
             n -= 1;
-        } else if nth_start(kind, tz, anchor_local, n + 1) <= now {
+            end = start;
+            start = nth_start(kind, tz, anchor_local, n);
+        } else if end <= now {
             n += 1;
+            start = end;
+            end = nth_start(kind, tz, anchor_local, n + 1);
         } else {
             break;
         }
     }
-    Period {
-        start: nth_start(kind, tz, anchor_local, n),
-        end: nth_start(kind, tz, anchor_local, n + 1),
-    }
+    Period { start, end }
 }
 
 /// The calendar-aligned anchor (midnight of the 1st of January 2000 local time), used for

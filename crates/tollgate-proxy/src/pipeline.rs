@@ -715,19 +715,15 @@ impl Gateway {
                 push_header(
                     &mut headers_out,
                     &RATELIMIT_POLICY,
-                    format!("\"quota\";q={limit};w={window}"),
+                    &[("\"quota\";q=", limit), (";w=", window.max(0) as u64)],
                 );
                 push_header(
                     &mut headers_out,
                     &RATELIMIT,
-                    format!("\"quota\";r={remaining};t={reset_secs}"),
+                    &[("\"quota\";r=", remaining), (";t=", reset_secs as u64)],
                 );
-                push_header(&mut headers_out, &X_QUOTA_REMAINING, remaining.to_string());
-                push_header(
-                    &mut headers_out,
-                    &X_QUOTA_RESET,
-                    gate.period.end.to_rfc3339(),
-                );
+                push_header(&mut headers_out, &X_QUOTA_REMAINING, &[("", remaining)]);
+                headers_out.push((X_QUOTA_RESET.clone(), gate.period_end.clone()));
                 if limit > 0 && used * 10 >= limit * 9 {
                     headers_out.push((X_QUOTA_WARNING.clone(), HeaderValue::from_static("90")));
                 } else if limit > 0 && used * 10 >= limit * 8 {
@@ -840,13 +836,20 @@ impl ForwardBody {
     }
 }
 
-// `HeaderValue::try_from(String)` takes the string's buffer; `from_str` would copy it.
 fn money_header(m: Money) -> HeaderValue {
-    HeaderValue::try_from(m.to_string()).unwrap_or_else(|_| HeaderValue::from_static("0.00"))
+    HeaderValue::from_str(m.decimal().as_str()).unwrap_or_else(|_| HeaderValue::from_static("0.00"))
 }
 
-fn push_header(v: &mut Vec<(HeaderName, HeaderValue)>, k: &HeaderName, s: String) {
-    if let Ok(h) = HeaderValue::try_from(s) {
+/// Push header `k` whose value is each text followed by its number (`r=5;t=60`), written
+/// without the formatting machinery (several such headers go on every governed response).
+fn push_header(v: &mut Vec<(HeaderName, HeaderValue)>, k: &HeaderName, parts: &[(&str, u64)]) {
+    let mut out = Vec::with_capacity(32);
+    let mut num = itoa::Buffer::new();
+    for (text, n) in parts {
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(num.format(*n).as_bytes());
+    }
+    if let Ok(h) = HeaderValue::from_maybe_shared(bytes::Bytes::from(out)) {
         v.push((k.clone(), h));
     }
 }

@@ -2,7 +2,12 @@
 //! entitlement → quota → spending cap → prepaid balance. The checks that need counters are
 //! expressed as one [`ReserveSpec`] so the ledger takes every leg or none.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use chrono::{DateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use http::HeaderValue;
 
 use tollgate_core::config::{CapScope, Overage};
 use tollgate_core::period::{calendar_anchor, period_containing, Period, PeriodKind};
@@ -23,10 +28,62 @@ pub struct Gate {
     pub price: Money,
     /// The plan's period for this consumer.
     pub period: Period,
+    /// The end of `period` in RFC 3339 (the quota reset header).
+    pub period_end: HeaderValue,
     /// Index in `spec.legs` of the request quota leg.
     pub quota_leg: Option<usize>,
     /// Index in `spec.legs` of the byte quota leg.
     pub bytes_leg: Option<usize>,
+}
+
+/// A period and its end as header text, computed once per billing period.
+#[derive(Clone)]
+struct KnownPeriod {
+    period: Period,
+    end: HeaderValue,
+}
+
+/// Periods at most this many anchors per worker thread are remembered; past that the cache
+/// starts over (an entry is about 100 bytes).
+const PERIODS_KEPT: usize = 65_536;
+
+thread_local! {
+    /// The periods computed on this thread, by kind, timezone and anchor. A period depends on
+    /// nothing else but which period `now` falls in, so an entry is reused while `now` is
+    /// inside it: on every governed request this saves two timezone conversions and the RFC
+    /// 3339 formatting of the reset time.
+    static PERIODS: RefCell<HashMap<(PeriodKind, Tz, i64), KnownPeriod>> =
+        RefCell::new(HashMap::new());
+}
+
+/// The period of `kind` anchored at `anchor_ms` (ms since the epoch) in `tz` containing `now`,
+/// with its end as header text.
+fn known_period(kind: PeriodKind, tz: Tz, anchor_ms: i64, now: DateTime<Utc>) -> KnownPeriod {
+    let compute = || {
+        let period = period_containing(kind, tz, ms_to_utc(anchor_ms), now);
+        let end = HeaderValue::from_str(&period.end.to_rfc3339())
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        KnownPeriod { period, end }
+    };
+    PERIODS
+        .try_with(|cell| {
+            let Ok(mut map) = cell.try_borrow_mut() else {
+                return compute();
+            };
+            let key = (kind, tz, anchor_ms);
+            if let Some(k) = map.get(&key) {
+                if k.period.start <= now && now < k.period.end {
+                    return k.clone();
+                }
+            }
+            let k = compute();
+            if map.len() >= PERIODS_KEPT {
+                map.clear();
+            }
+            map.insert(key, k.clone());
+            k
+        })
+        .unwrap_or_else(|_| compute())
 }
 
 fn ms_to_utc(ms: i64) -> DateTime<Utc> {
@@ -97,7 +154,10 @@ pub fn build(
             .detail("scope", "plan"));
     }
     let price = plan.price(route);
-    let period = period_containing(plan.cfg.period, plan.tz, ms_to_utc(sub.anchor_ms), now);
+    let KnownPeriod {
+        period,
+        end: period_end,
+    } = known_period(plan.cfg.period, plan.tz, sub.anchor_ms, now);
     let pstart = period.start.timestamp();
     let mut spec = ReserveSpec {
         balance: price.micros(),
@@ -165,6 +225,7 @@ pub fn build(
         spec,
         price,
         period,
+        period_end,
         quota_leg,
         bytes_leg,
     })
@@ -254,5 +315,50 @@ pub fn explain(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    #[test]
+    fn a_remembered_period_is_the_computed_one_at_every_instant_across_boundaries() {
+        let zones = [Tz::UTC, Tz::America__New_York, Tz::Asia__Kolkata];
+        let kinds = [PeriodKind::Day, PeriodKind::Week, PeriodKind::Month];
+        // Anchors on a month's last day and just before a DST change, among others.
+        let anchors = [
+            "2027-01-31T10:00:00Z",
+            "2027-03-13T06:30:00Z",
+            "2026-12-01T00:00:00Z",
+        ]
+        .map(|s| DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis());
+        let start = ms_to_utc(anchors[0]);
+        let mut checked = 0;
+        for kind in kinds {
+            for tz in zones {
+                // Every 7 hours for 100 days, over the same keys: each step either reuses the
+                // remembered period or crosses into the next one.
+                for step in 0..(100 * 24 / 7) {
+                    let now = start + chrono::Duration::hours(7 * step);
+                    for &anchor in &anchors {
+                        let got = known_period(kind, tz, anchor, now);
+                        let want = period_containing(kind, tz, ms_to_utc(anchor), now);
+                        assert_eq!(got.period, want, "{kind:?} {tz} {anchor} {now}");
+                        assert_eq!(got.end.to_str().unwrap(), want.end.to_rfc3339());
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 9 * 342 * 3);
+        // Moving back in time (a clock step) gets the earlier period, not the remembered one.
+        let now = start + chrono::Duration::days(60);
+        let later = known_period(PeriodKind::Day, Tz::UTC, anchors[0], now);
+        let back = now - chrono::Duration::days(2);
+        let earlier = known_period(PeriodKind::Day, Tz::UTC, anchors[0], back);
+        assert!(earlier.period.end <= later.period.start);
+        assert!(earlier.period.start <= back && back < earlier.period.end);
     }
 }
