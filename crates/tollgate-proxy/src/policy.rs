@@ -10,7 +10,7 @@ use chrono_tz::Tz;
 use http::HeaderValue;
 
 use tollgate_core::config::{CapScope, Overage};
-use tollgate_core::period::{calendar_anchor, period_containing, Period, PeriodKind};
+use tollgate_core::period::{period_containing, Period, PeriodKind};
 use tollgate_core::{ErrorCode, Money};
 use tollgate_store::{
     AcctKey, AcctKind, ConsumerEntry, Denied, KeyEntry, Leg, ReserveSpec, SubStatus, Subscription,
@@ -85,6 +85,12 @@ fn known_period(kind: PeriodKind, tz: Tz, anchor_ms: i64, now: DateTime<Utc>) ->
             k
         })
         .unwrap_or_else(|_| compute())
+}
+
+/// The plan's tenant-wide period (calendar-aligned, the same for every consumer) containing
+/// `now`.
+fn tenant_period(plan: &Plan, now: DateTime<Utc>) -> Period {
+    known_period(plan.cfg.period, plan.tz, plan.calendar_anchor_ms, now).period
 }
 
 fn ms_to_utc(ms: i64) -> DateTime<Utc> {
@@ -211,8 +217,7 @@ pub fn build(
                 }
                 CapScope::Key => spec.legs.push(leg(AcctKind::CapKey, key.seq, pstart)),
                 CapScope::Tenant => {
-                    let tp =
-                        period_containing(plan.cfg.period, plan.tz, calendar_anchor(plan.tz), now);
+                    let tp = tenant_period(plan, now);
                     spec.tenant_legs.push(leg(
                         AcctKind::CapTenant,
                         consumer.tenant.seq,
@@ -271,8 +276,7 @@ pub fn explain(
             let resets_at;
             let retry = match acct.kind {
                 AcctKind::CapTenant => {
-                    let tp =
-                        period_containing(plan.cfg.period, plan.tz, calendar_anchor(plan.tz), now);
+                    let tp = tenant_period(plan, now);
                     resets_at = tp.end;
                     (tp.end - now).num_seconds().max(1) as u64
                 }
@@ -323,6 +327,8 @@ pub fn explain(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use tollgate_core::config::PlanConfig;
+    use tollgate_core::period::calendar_anchor;
 
     #[test]
     fn a_remembered_period_is_the_computed_one_at_every_instant_across_boundaries() {
@@ -370,6 +376,31 @@ mod tests {
                 period_containing(PeriodKind::Month, Tz::UTC, ms_to_utc(anchor), now)
             );
             assert!(PERIODS.with(|m| m.borrow().len()) <= PERIODS_KEPT);
+        }
+    }
+
+    #[test]
+    fn a_tenant_period_is_the_calendar_aligned_one_in_the_plans_timezone() {
+        for (period, tz) in [("month", "Europe/Berlin"), ("day", "America/New_York")] {
+            let cfg: PlanConfig = toml::from_str(&format!(
+                "id = \"p\"\nname = \"P\"\nperiod = \"{period}\"\ntimezone = \"{tz}\"\nroutes = [\"*\"]"
+            ))
+            .unwrap();
+            let tz: Tz = tz.parse().unwrap();
+            let plan = Plan {
+                calendar_anchor_ms: calendar_anchor(tz).timestamp_millis(),
+                tz,
+                all_routes: true,
+                degrade: None,
+                cfg,
+            };
+            let now = DateTime::parse_from_rfc3339("2027-03-28T01:30:00Z")
+                .unwrap()
+                .with_timezone(&Utc);
+            assert_eq!(
+                tenant_period(&plan, now),
+                period_containing(plan.cfg.period, tz, calendar_anchor(tz), now)
+            );
         }
     }
 }

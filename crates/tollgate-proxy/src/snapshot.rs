@@ -95,6 +95,8 @@ pub struct Plan {
     pub cfg: PlanConfig,
     /// Its timezone.
     pub tz: Tz,
+    /// The calendar-aligned anchor in `tz` (ms since the epoch) of tenant-wide periods.
+    pub calendar_anchor_ms: i64,
     /// Entitled to every route.
     pub all_routes: bool,
     /// Degrade target, when `overage = "degrade"`.
@@ -293,6 +295,8 @@ impl Snapshot {
                 Arc::new(Plan {
                     cfg: p.clone(),
                     tz,
+                    calendar_anchor_ms: tollgate_core::period::calendar_anchor(tz)
+                        .timestamp_millis(),
                     all_routes,
                     degrade,
                 }),
