@@ -673,14 +673,31 @@ impl Drop for LogWriter {
 
 /// Read every record of the segments in `dir` with a sequence number above `after`, oldest
 /// first. Damage ends a segment (logged); it can only be the unacknowledged tail of a crash.
+/// Returns the records and the highest sequence number seen (`after` when there is none).
 pub fn read_after(dir: &Path, after: u64) -> Result<(Vec<(u64, Record)>, u64), StoreError> {
     let mut out = Vec::new();
+    let max_lsn = for_each_after(dir, after, |lsn, r| {
+        out.push((lsn, r));
+        Ok(())
+    })?;
+    Ok((out, max_lsn))
+}
+
+/// Hand every record of the segments in `dir` with a sequence number above `after` to `f`,
+/// oldest first, one segment in memory at a time; stops at `f`'s first error. Returns the
+/// highest sequence number seen (`after` when there is none).
+pub fn for_each_after(
+    dir: &Path,
+    after: u64,
+    mut f: impl FnMut(u64, Record) -> Result<(), StoreError>,
+) -> Result<u64, StoreError> {
     let mut max_lsn = after;
     let segs = segments(dir)?;
     let last = segs.len().saturating_sub(1);
     for (i, p) in segs.iter().enumerate() {
         let buf = std::fs::read(p).map_err(|e| io("cannot read", p, e))?;
         let (recs, damage) = read_segment(&buf);
+        drop(buf);
         if let Some((at, why)) = damage {
             if i == last {
                 tracing::info!(segment = %p.display(), offset = at, reason = why.0,
@@ -693,11 +710,11 @@ pub fn read_after(dir: &Path, after: u64) -> Result<(Vec<(u64, Record)>, u64), S
         for (lsn, r) in recs {
             max_lsn = max_lsn.max(lsn);
             if lsn > after {
-                out.push((lsn, r));
+                f(lsn, r)?;
             }
         }
     }
-    Ok((out, max_lsn))
+    Ok(max_lsn)
 }
 
 #[cfg(test)]

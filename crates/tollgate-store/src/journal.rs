@@ -240,9 +240,8 @@ CREATE TABLE IF NOT EXISTS entries(
   debit_kind INTEGER NOT NULL, debit_owner INTEGER NOT NULL, debit_period INTEGER NOT NULL,
   credit_kind INTEGER NOT NULL, credit_owner INTEGER NOT NULL, credit_period INTEGER NOT NULL,
   amount INTEGER NOT NULL CHECK(amount > 0), created_ms INTEGER NOT NULL,
-  seq INTEGER NOT NULL DEFAULT 0,
+  lsn INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY(charge_id, leg)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS entries_seq ON entries(seq);
 -- A consumer's statement: the entries of its prepaid balance (kind 1), by side; a request's
 -- quota entries (other kinds) are not indexed here.
 CREATE INDEX IF NOT EXISTS entries_balance_debit ON entries(debit_owner, created_ms) WHERE debit_kind = 1;
@@ -274,8 +273,12 @@ CREATE INDEX IF NOT EXISTS x402_payments_route ON x402_payments(route);
 /// Schema version written to `meta`. Version 2 indexes usage by consumer and time
 /// (`usage_consumer_time`) instead of by time alone (`usage_time`, version 1): a consumer's
 /// usage in a period is then read from that consumer's rows instead of from every consumer's
-/// rows in the period.
-pub const SCHEMA_VERSION: &str = "2";
+/// rows in the period. Version 3 folds account totals by log position: an entry written from
+/// the charge log carries the log sequence number of its record (`entries.lsn`) and
+/// `meta.accounts_lsn` says through which record `accounts` holds the totals; the
+/// per-entry sequence number of version 2 (`entries.seq`, its index `entries_seq` and
+/// `meta.accounts_through`) is gone. A migrated database keeps the `seq` column, unused.
+pub const SCHEMA_VERSION: &str = "3";
 
 /// Open (creating and migrating) the database at `path` with the pragmas for `strict`.
 pub fn open_connection(path: &Path, strict: bool) -> Result<Connection, StoreError> {
@@ -299,15 +302,9 @@ pub fn open_connection(path: &Path, strict: bool) -> Result<Connection, StoreErr
             conn.execute("INSERT INTO meta(k, v) VALUES('schema', ?1)", [SCHEMA_VERSION])?;
         }
         Some(SCHEMA_VERSION) => {}
-        Some("1") => {
-            // The schema above has built `usage_consumer_time` over the existing rows.
-            conn.execute_batch(
-                "BEGIN IMMEDIATE;
-                 DROP INDEX IF EXISTS usage_time;
-                 UPDATE meta SET v = '2' WHERE k = 'schema';
-                 COMMIT;",
-            )?;
-            tracing::info!("database schema migrated from version 1 to 2");
+        Some(from @ ("1" | "2")) => {
+            migrate(&conn, from)?;
+            tracing::info!("database schema migrated from version {from} to {SCHEMA_VERSION}");
         }
         Some(other) => {
             return Err(StoreError::Sql(format!(
@@ -316,6 +313,71 @@ pub fn open_connection(path: &Path, strict: bool) -> Result<Connection, StoreErr
         }
     }
     Ok(conn)
+}
+
+/// Bring a version 1 or 2 database to version 3, in one transaction. The schema above has
+/// already created what is new (`usage_consumer_time` over the existing rows).
+fn migrate(conn: &Connection, from: &str) -> Result<(), StoreError> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let r = (|| {
+        if from == "1" {
+            conn.execute_batch("DROP INDEX IF EXISTS usage_time")?;
+        }
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('entries')")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let has = |c: &str| columns.iter().any(|n| n == c);
+        if has("seq") {
+            // Versions 1 and 2 folded entries into `accounts` by their sequence number: fold
+            // those past `meta.accounts_through` now, so that `accounts` holds every entry in
+            // the database. The records of the charge log after `meta.log_lsn` are not in it
+            // yet; they are applied, and their totals folded, when the store opens.
+            let through: i64 = conn
+                .query_row(
+                    "SELECT CAST(v AS INTEGER) FROM meta WHERE k = 'accounts_through'",
+                    [],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .unwrap_or(0);
+            conn.execute(
+                "INSERT INTO accounts(kind, owner, period, credits, debits)
+                 SELECT kind, owner, period, SUM(c), SUM(d) FROM (
+                   SELECT debit_kind AS kind, debit_owner AS owner, debit_period AS period,
+                     0 AS c, amount AS d FROM entries WHERE seq > ?1
+                   UNION ALL
+                   SELECT credit_kind, credit_owner, credit_period, amount, 0 FROM entries WHERE seq > ?1)
+                 WHERE true GROUP BY kind, owner, period
+                 ON CONFLICT(kind, owner, period) DO UPDATE SET credits = credits + excluded.credits,
+                 debits = debits + excluded.debits",
+                [through],
+            )?;
+        }
+        if !has("lsn") {
+            conn.execute_batch("ALTER TABLE entries ADD COLUMN lsn INTEGER NOT NULL DEFAULT 0")?;
+        }
+        conn.execute_batch(
+            "DROP INDEX IF EXISTS entries_seq;
+             INSERT INTO meta(k, v) SELECT 'accounts_lsn', COALESCE(
+               (SELECT CAST(v AS INTEGER) FROM meta WHERE k = 'log_lsn'), 0) WHERE true
+             ON CONFLICT(k) DO UPDATE SET v = excluded.v;
+             DELETE FROM meta WHERE k = 'accounts_through';",
+        )?;
+        conn.execute(
+            "UPDATE meta SET v = ?1 WHERE k = 'schema'",
+            [SCHEMA_VERSION],
+        )?;
+        Ok::<(), StoreError>(())
+    })();
+    match r {
+        Ok(()) => conn.execute_batch("COMMIT")?,
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            return Err(e);
+        }
+    }
+    Ok(())
 }
 
 impl Journal {
@@ -544,68 +606,50 @@ impl WalSync {
     }
 }
 
-/// Account totals are derived state: entries written by requests carry a sequence number and
-/// their totals are folded into `accounts` every 30 s and when the writer stops (one write
-/// per account instead of one per batch, which would touch a random page per consumer on
-/// every commit and stall the requests waiting on it). `meta` records the last sequence
-/// folded in; on open, [`recover_accounts`] folds in the rest, so a crash loses nothing.
+/// Account totals are derived state: an entry written from the charge log carries its
+/// record's log sequence number (`entries.lsn`), and the projector folds the totals of what
+/// it applied into `accounts` every 30 s and when it stops (one write per account instead of
+/// one per batch, which would touch a random page per consumer on every commit and stall the
+/// requests waiting on it), recording in `meta.accounts_lsn` the last record folded in. A
+/// segment of the log is removed only once its records are folded in durably, so after a
+/// crash [`replay_log`] finds every record whose totals `accounts` lacks, and folds it.
 struct WriterState {
-    next_seq: i64,
     deltas: Deltas,
     last_flush: std::time::Instant,
+    /// The highest log sequence number applied to the database.
+    applied_lsn: u64,
+    /// The highest log sequence number whose totals are durably in `accounts`.
+    folded_lsn: u64,
 }
 
 const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 const FLUSH_MAX_ACCOUNTS: usize = 50_000;
 
-/// The last entry sequence number folded into `accounts` (0 before the first fold).
-pub(crate) fn accounts_through(conn: &Connection) -> Result<i64, StoreError> {
+/// A `meta` value that holds a log sequence number (0 when absent).
+fn meta_lsn(conn: &Connection, key: &str) -> Result<u64, StoreError> {
     Ok(conn
         .query_row(
-            "SELECT CAST(v AS INTEGER) FROM meta WHERE k = 'accounts_through'",
-            [],
-            |r| r.get(0),
+            "SELECT CAST(v AS INTEGER) FROM meta WHERE k = ?1",
+            [key],
+            |r| r.get::<_, i64>(0),
         )
         .optional()?
-        .unwrap_or(0))
+        .unwrap_or(0)
+        .max(0) as u64)
 }
 
-/// Fold entries not yet reflected in `accounts` into it (after a crash or stop).
-pub fn recover_accounts(conn: &mut Connection) -> Result<usize, StoreError> {
-    let tx = conn.transaction()?;
-    let through = accounts_through(&tx)?;
-    let mut deltas = Deltas::default();
-    let mut max_seq = through;
-    let mut n = 0;
-    {
-        let mut st = tx.prepare(
-            "SELECT debit_kind, debit_owner, debit_period, credit_kind, credit_owner, credit_period, amount, seq
-             FROM entries WHERE seq > ?1",
-        )?;
-        let mut rows = st.query([through])?;
-        while let Some(r) = rows.next()? {
-            let acct = |k: i64, o: i64, p: i64| {
-                crate::ledger::AcctKind::from_u8(k as u8).map(|kind| AcctKey {
-                    kind,
-                    owner: o,
-                    period: p,
-                })
-            };
-            let amount: i64 = r.get(6)?;
-            if let Some(d) = acct(r.get(0)?, r.get(1)?, r.get(2)?) {
-                deltas.entry(d).or_default().1 += amount;
-            }
-            if let Some(c) = acct(r.get(3)?, r.get(4)?, r.get(5)?) {
-                deltas.entry(c).or_default().0 += amount;
-            }
-            max_seq = max_seq.max(r.get(7)?);
-            n += 1;
-        }
-    }
-    upsert_accounts(&tx, deltas.iter())?;
-    tx.execute("INSERT INTO meta(k, v) VALUES('accounts_through', ?1) ON CONFLICT(k) DO UPDATE SET v = excluded.v", [max_seq.to_string()])?;
-    tx.commit()?;
-    Ok(n)
+/// The last log record whose totals are folded into `accounts` (`meta.accounts_lsn`).
+pub(crate) fn accounts_lsn(conn: &Connection) -> Result<u64, StoreError> {
+    meta_lsn(conn, "accounts_lsn")
+}
+
+/// Set `meta.<key>` to `lsn`.
+fn set_meta_lsn(tx: &Transaction<'_>, key: &str, lsn: u64) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO meta(k, v) VALUES(?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+        params![key, lsn.to_string()],
+    )?;
+    Ok(())
 }
 
 /// Add `(credits, debits)` to each account, creating it when new.
@@ -824,19 +868,16 @@ const PROJECT_EVERY: std::time::Duration = std::time::Duration::from_millis(250)
 /// `meta.log_lsn` how far it got, and removes segments that are fully applied. Between
 /// transactions it sleeps (parked) rather than waking for every batch the writer sends.
 fn projector_loop(mut conn: Connection, rx: mpsc::Receiver<Vec<Projected>>) {
-    let next_seq = conn
-        .query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM entries", [], |r| {
-            r.get::<_, i64>(0)
-        })
-        .unwrap_or(1);
+    // The store opened with everything in the database folded in (`replay_log`).
+    let folded = accounts_lsn(&conn).unwrap_or(0);
     let mut ws = WriterState {
-        next_seq,
         deltas: Deltas::default(),
         last_flush: std::time::Instant::now(),
+        applied_lsn: meta_lsn(&conn, "log_lsn").unwrap_or(0).max(folded),
+        folded_lsn: folded,
     };
     let mut pending: Vec<Projected> = Vec::new();
     let mut retired: Vec<(std::path::PathBuf, u64)> = Vec::new();
-    let mut applied_lsn: u64 = 0;
     let mut open = true;
     let waits = |ms: &[Projected]| {
         ms.iter()
@@ -888,25 +929,15 @@ fn projector_loop(mut conn: Connection, rx: mpsc::Receiver<Vec<Projected>>) {
         batch.retain(|m| !matches!(m, Projected::Retired(..)));
         // The projection is rebuilt from the log after a crash, so its commits need not reach
         // the disk, with three exceptions: admin changes (the database is their only record),
-        // a commit after which segments are removed, and the last commit before shutdown.
-        let batch_lsn = batch
-            .iter()
-            .filter_map(|m| match m {
-                Projected::Frame(lsn, ..) => Some(*lsn),
-                _ => None,
-            })
-            .max()
-            .unwrap_or(0);
-        let durable = !open
-            || batch.iter().any(|m| matches!(m, Projected::Direct(..)))
-            || retired
-                .iter()
-                .any(|(_, last)| *last <= applied_lsn.max(batch_lsn));
-        match project_batch(&mut conn, &mut batch, &mut ws, !open, durable) {
-            Ok(lsn) => {
-                applied_lsn = applied_lsn.max(lsn);
+        // a commit that folds totals into `accounts` (after which segments are removed), and
+        // the last commit before shutdown.
+        let flush =
+            !open || ws.last_flush.elapsed() >= FLUSH_EVERY || ws.deltas.len() > FLUSH_MAX_ACCOUNTS;
+        let durable = flush || batch.iter().any(|m| matches!(m, Projected::Direct(..)));
+        match project_batch(&mut conn, &mut batch, &mut ws, flush, durable) {
+            Ok(()) => {
                 retired.retain(|(p, last)| {
-                    if *last <= applied_lsn {
+                    if *last <= ws.folded_lsn {
                         chargelog::remove_segment(p);
                         false
                     } else {
@@ -932,15 +963,16 @@ fn projector_loop(mut conn: Connection, rx: mpsc::Receiver<Vec<Projected>>) {
     tracing::debug!("journal projector stopped");
 }
 
-/// Apply `batch` in one transaction; answer the direct changes' callers once it is committed.
-/// Returns the highest log sequence number now in the database.
+/// Apply `batch` in one transaction, with `flush` folding the totals gathered so far into
+/// `accounts`; answer the direct changes' callers once it is committed. `ws` then says how far
+/// the database and `accounts` got.
 fn project_batch(
     conn: &mut Connection,
     batch: &mut [Projected],
     ws: &mut WriterState,
-    last: bool,
+    flush: bool,
     durable: bool,
-) -> Result<u64, StoreError> {
+) -> Result<(), StoreError> {
     // `synchronous` applies to the commits that follow; FULL syncs the WAL, and with it every
     // earlier commit of this connection.
     conn.pragma_update(None, "synchronous", if durable { "FULL" } else { "NORMAL" })?;
@@ -949,15 +981,15 @@ fn project_batch(
     // again record by record, so the refused one can be set aside.
     let fast = !batch.iter().any(|m| matches!(m, Projected::Direct(..)));
     if fast {
-        match apply_batch(conn, batch, ws, last, durable, false) {
-            Ok((lsn, _)) => return Ok(lsn),
+        match apply_batch(conn, batch, ws, flush, durable, false) {
+            Ok(_) => return Ok(()),
             Err(e) => {
                 tracing::warn!(error = %e, "a charge log batch was refused as a whole; applying it record by record");
             }
         }
     }
-    let (outcome, results) = match apply_batch(conn, batch, ws, last, durable, true) {
-        Ok((lsn, results)) => (Ok(lsn), results),
+    let (outcome, results) = match apply_batch(conn, batch, ws, flush, durable, true) {
+        Ok(results) => (Ok(()), results),
         Err(e) => (Err(e), Vec::new()),
     };
     for (i, m) in batch.iter_mut().enumerate() {
@@ -980,131 +1012,118 @@ fn project_batch(
 /// One transaction over `batch`. With `careful`, each record gets a savepoint: a logged record
 /// the database refuses goes to `log_rejects` and a failing admin change is undone alone;
 /// without it, any refusal fails the whole transaction (nothing committed, `ws` untouched).
-/// Returns the highest log sequence number applied and each item's own result.
-#[allow(clippy::type_complexity)]
+/// Returns each item's own result.
 fn apply_batch(
     conn: &mut Connection,
     batch: &mut [Projected],
     ws: &mut WriterState,
-    last: bool,
+    flush: bool,
     durable: bool,
     careful: bool,
-) -> Result<(u64, Vec<Result<(), StoreError>>), StoreError> {
+) -> Result<Vec<Result<(), StoreError>>, StoreError> {
     let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(batch.len());
-    let outcome = (|| {
-        let tx = conn.transaction()?;
-        let mut deltas = Deltas::default();
-        let mut seq = ws.next_seq;
-        let mut max_lsn = 0u64;
-        let mut st = Statements::prepare(&tx)?;
-        for (i, m) in batch.iter_mut().enumerate() {
-            if i % YIELD_EVERY == YIELD_EVERY - 1 {
-                // A transaction of a few hundred records takes milliseconds of CPU; letting a
-                // request thread that waits for this core run in between keeps that out of
-                // request latency (the commit is not on any request's path).
-                thread::yield_now();
-            }
-            let r = match m {
-                Projected::Frame(lsn, buf, range) => {
-                    max_lsn = max_lsn.max(*lsn);
-                    let frame = buf.get(range.clone()).unwrap_or_default();
-                    match decode_frame(frame) {
-                        Ok(op) if !careful => {
-                            apply_logged(&tx, &mut st, &op, &mut deltas, &mut seq)?;
-                        }
-                        Ok(op) => {
-                            apply_or_set_aside(&tx, &mut st, *lsn, &op, &mut deltas, &mut seq)?;
-                        }
-                        Err(e) if !careful => return Err(e),
-                        Err(e) => keep_rejected(&tx, *lsn, frame, &e, "does not decode")?,
+    let tx = conn.transaction()?;
+    let mut deltas = Deltas::default();
+    let mut max_lsn = 0u64;
+    let mut st = Statements::prepare(&tx)?;
+    for (i, m) in batch.iter_mut().enumerate() {
+        if i % YIELD_EVERY == YIELD_EVERY - 1 {
+            // A transaction of a few hundred records takes milliseconds of CPU; letting a
+            // request thread that waits for this core run in between keeps that out of
+            // request latency (the commit is not on any request's path).
+            thread::yield_now();
+        }
+        let r = match m {
+            Projected::Frame(lsn, buf, range) => {
+                max_lsn = max_lsn.max(*lsn);
+                let frame = buf.get(range.clone()).unwrap_or_default();
+                match decode_frame(frame) {
+                    Ok(op) if !careful => {
+                        apply_logged(&tx, &mut st, *lsn, &op, &mut deltas)?;
                     }
-                    Ok(())
+                    Ok(op) => {
+                        apply_or_set_aside(&tx, &mut st, *lsn, &op, &mut deltas)?;
+                    }
+                    Err(e) if !careful => return Err(e),
+                    Err(e) => keep_rejected(&tx, *lsn, frame, &e, "does not decode")?,
                 }
-                Projected::Direct(op, _) => {
-                    let op = std::mem::replace(op, Op::Admin(Box::new(|_| Ok(()))));
-                    match op {
-                        Op::Admin(f) => {
-                            // A failing admin change must not undo the requests committed with it.
-                            tx.execute_batch("SAVEPOINT admin_op")?;
-                            match f(&tx) {
-                                Ok(()) => tx
-                                    .execute_batch("RELEASE admin_op")
-                                    .map_err(StoreError::from),
-                                Err(e) => {
-                                    tx.execute_batch("ROLLBACK TO admin_op; RELEASE admin_op")?;
-                                    Err(e)
-                                }
+                Ok(())
+            }
+            Projected::Direct(op, _) => {
+                let op = std::mem::replace(op, Op::Admin(Box::new(|_| Ok(()))));
+                match op {
+                    Op::Admin(f) => {
+                        // A failing admin change must not undo the requests committed with it.
+                        tx.execute_batch("SAVEPOINT admin_op")?;
+                        match f(&tx) {
+                            Ok(()) => tx
+                                .execute_batch("RELEASE admin_op")
+                                .map_err(StoreError::from),
+                            Err(e) => {
+                                tx.execute_batch("ROLLBACK TO admin_op; RELEASE admin_op")?;
+                                Err(e)
                             }
                         }
-                        // Only admin changes travel as direct; logged ops never do.
-                        _ => Ok(()),
                     }
+                    // Only admin changes travel as direct; logged ops never do.
+                    _ => Ok(()),
                 }
-                Projected::Retired(..) => Ok(()),
-            };
-            results.push(r);
-        }
-        drop(st);
-        if max_lsn > 0 {
-            tx.execute(
-                "INSERT INTO meta(k, v) VALUES('log_lsn', ?1) ON CONFLICT(k) DO UPDATE SET v = excluded.v
-                 WHERE CAST(v AS INTEGER) < CAST(excluded.v AS INTEGER)",
-                [max_lsn.to_string()],
-            )?;
-        }
-        let flush = last
-            || ws.last_flush.elapsed() >= FLUSH_EVERY
-            || ws.deltas.len() + deltas.len() > FLUSH_MAX_ACCOUNTS;
-        if flush {
-            upsert_accounts(&tx, ws.deltas.iter().chain(deltas.iter()))?;
-            tx.execute(
-                "INSERT INTO meta(k, v) VALUES('accounts_through', ?1) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
-                [(seq - 1).to_string()],
-            )?;
-        }
-        if durable {
-            // A commit that writes nothing syncs nothing: this row makes sure the WAL, with
-            // every earlier commit in it, reaches the disk before segments are removed.
-            tx.execute(
-                "INSERT INTO meta(k, v) VALUES('synced_ms', ?1) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
-                [SystemClock.now_ms().to_string()],
-            )?;
-        }
-        tx.commit()?;
-        ws.next_seq = seq;
-        if flush {
-            ws.deltas.clear();
-            ws.last_flush = std::time::Instant::now();
-        } else {
-            for (k, (c, d)) in deltas {
-                let e = ws.deltas.entry(k).or_default();
-                e.0 += c;
-                e.1 += d;
             }
-        }
-        Ok::<u64, StoreError>(max_lsn)
-    })();
-    outcome.map(|lsn| (lsn, results))
+            Projected::Retired(..) => Ok(()),
+        };
+        results.push(r);
+    }
+    drop(st);
+    let applied = ws.applied_lsn.max(max_lsn);
+    if max_lsn > 0 {
+        tx.execute(
+            "INSERT INTO meta(k, v) VALUES('log_lsn', ?1) ON CONFLICT(k) DO UPDATE SET v = excluded.v
+             WHERE CAST(v AS INTEGER) < CAST(excluded.v AS INTEGER)",
+            [max_lsn.to_string()],
+        )?;
+    }
+    if flush {
+        upsert_accounts(&tx, ws.deltas.iter().chain(deltas.iter()))?;
+        set_meta_lsn(&tx, "accounts_lsn", applied)?;
+    }
+    // A commit that writes nothing syncs nothing: when it must be durable, this row makes sure
+    // the WAL, with every earlier commit in it, reaches the disk.
+    if durable {
+        tx.execute(
+            "INSERT INTO meta(k, v) VALUES('synced_ms', ?1) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+            [SystemClock.now_ms().to_string()],
+        )?;
+    }
+    tx.commit()?;
+    ws.applied_lsn = applied;
+    if flush {
+        ws.deltas.clear();
+        ws.last_flush = std::time::Instant::now();
+        ws.folded_lsn = applied;
+    } else {
+        add_deltas(&mut ws.deltas, deltas);
+    }
+    Ok(results)
 }
 
 fn apply_logged(
     tx: &Transaction<'_>,
     st: &mut Statements<'_>,
+    lsn: u64,
     op: &Op,
     deltas: &mut Deltas,
-    seq: &mut i64,
 ) -> Result<(), StoreError> {
     match op {
         Op::Charge {
             usage,
             entries,
             idem,
-        } => apply_charge(tx, st, usage, entries, idem.as_deref(), deltas, seq),
+        } => apply_charge(tx, st, lsn, usage, entries, idem.as_deref(), deltas),
         Op::Entries {
             charge_id,
             occurred_ms,
             entries,
-        } => insert_entries(st, entries, charge_id, *occurred_ms, deltas, seq),
+        } => insert_entries(st, lsn, entries, charge_id, *occurred_ms, deltas),
         Op::Admin(_) => Ok(()),
     }
 }
@@ -1117,17 +1136,30 @@ fn apply_or_set_aside(
     lsn: u64,
     op: &Op,
     deltas: &mut Deltas,
-    seq: &mut i64,
 ) -> Result<(), StoreError> {
     tx.execute_batch("SAVEPOINT logged")?;
-    match apply_logged(tx, st, op, deltas, seq) {
-        Ok(()) => tx.execute_batch("RELEASE logged")?,
+    // What the record adds to the totals counts only once it is applied.
+    let mut own = Deltas::default();
+    match apply_logged(tx, st, lsn, op, &mut own) {
+        Ok(()) => {
+            tx.execute_batch("RELEASE logged")?;
+            add_deltas(deltas, own);
+        }
         Err(e) => {
             tx.execute_batch("ROLLBACK TO logged; RELEASE logged")?;
             reject(tx, lsn, op, &e)?;
         }
     }
     Ok(())
+}
+
+/// Add `more` to `into`.
+fn add_deltas(into: &mut Deltas, more: Deltas) {
+    for (k, (c, d)) in more {
+        let e = into.entry(k).or_default();
+        e.0 += c;
+        e.1 += d;
+    }
 }
 
 /// The change a framed log record (`[len][crc][payload]`) holds.
@@ -1207,46 +1239,92 @@ fn reject(tx: &Transaction<'_>, lsn: u64, op: &Op, e: &StoreError) -> Result<(),
     keep_rejected(tx, lsn, &buf, e, "refused by the database")
 }
 
-/// Apply the records of the charge log that the database does not have yet (after a crash,
-/// or a stop before the projector caught up), then remove the segments. Returns the next
-/// log sequence number and how many records were applied.
-pub fn replay_log(conn: &mut Connection, db_path: &Path) -> Result<(u64, usize), StoreError> {
+/// What [`replay_log`] did on open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Replayed {
+    /// The next log sequence number to hand out.
+    pub next_lsn: u64,
+    /// Records of the log the database did not have, now applied (each once).
+    pub applied: usize,
+    /// Records the database had whose totals `accounts` did not, now folded in.
+    pub folded: usize,
+}
+
+/// Bring the database up to the charge log (after a crash, or a stop before the projector
+/// caught up): apply the records it does not have yet (after `meta.log_lsn`) and fold into
+/// `accounts` the totals of every record it lacks there (after `meta.accounts_lsn`), in one
+/// durable transaction; then remove the segments.
+pub fn replay_log(conn: &mut Connection, db_path: &Path) -> Result<Replayed, StoreError> {
     let dir = chargelog::dir_for(db_path);
-    let applied: u64 = conn
-        .query_row(
-            "SELECT CAST(v AS INTEGER) FROM meta WHERE k = 'log_lsn'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .optional()?
-        .unwrap_or(0)
-        .max(0) as u64;
-    let (records, max_lsn) = chargelog::read_after(&dir, applied)?;
-    let n = records.len();
-    if n > 0 {
-        let tx = conn.transaction()?;
-        let mut seq: i64 =
-            tx.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM entries", [], |r| {
-                r.get(0)
-            })?;
-        // Totals are folded by `recover_accounts` from the entries' sequence numbers.
-        let mut deltas = Deltas::default();
-        let mut st = Statements::prepare(&tx)?;
-        for (lsn, rec) in records {
-            let op = Op::from(rec);
-            apply_or_set_aside(&tx, &mut st, lsn, &op, &mut deltas, &mut seq)?;
+    let applied = meta_lsn(conn, "log_lsn")?;
+    let folded = accounts_lsn(conn)?;
+    let mut out = Replayed::default();
+    // The segments are removed once this commit is on disk, whatever the durability setting.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    let tx = conn.transaction()?;
+    let mut deltas = Deltas::default();
+    let mut st = Statements::prepare(&tx)?;
+    let max_lsn = chargelog::for_each_after(&dir, folded.min(applied), |lsn, rec| {
+        let op = Op::from(rec);
+        if lsn > applied {
+            out.applied += 1;
+            apply_or_set_aside(&tx, &mut st, lsn, &op, &mut deltas)
+        } else {
+            out.folded += 1;
+            fold_applied(&tx, lsn, &op, &mut deltas)
         }
-        drop(st);
-        tx.execute(
-            "INSERT INTO meta(k, v) VALUES('log_lsn', ?1) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
-            [max_lsn.to_string()],
-        )?;
+    })?;
+    drop(st);
+    let last = max_lsn.max(applied).max(folded);
+    if out.applied + out.folded > 0 {
+        upsert_accounts(&tx, deltas.iter())?;
+        set_meta_lsn(&tx, "log_lsn", last)?;
+        set_meta_lsn(&tx, "accounts_lsn", last)?;
         tx.commit()?;
+    } else {
+        drop(tx);
     }
     for p in chargelog::segments(&dir)? {
         chargelog::remove_segment(&p);
     }
-    Ok((max_lsn + 1, n))
+    out.next_lsn = last + 1;
+    Ok(out)
+}
+
+/// Add to `deltas` the entries of a record the database already has (`lsn` at or before
+/// `meta.log_lsn`) that this record wrote: an entry whose row carries another record's number
+/// was written before it (the same deterministic id), and this record changed nothing; a
+/// refused record wrote no row.
+fn fold_applied(
+    tx: &Transaction<'_>,
+    lsn: u64,
+    op: &Op,
+    deltas: &mut Deltas,
+) -> Result<(), StoreError> {
+    let (charge_id, entries) = match op {
+        Op::Charge { usage, entries, .. } => (&usage.charge_id, entries),
+        Op::Entries {
+            charge_id, entries, ..
+        } => (charge_id, entries),
+        Op::Admin(_) => return Ok(()),
+    };
+    let mut written_by =
+        tx.prepare_cached("SELECT lsn FROM entries WHERE charge_id = ?1 AND leg = ?2")?;
+    for e in entries {
+        let by: Option<i64> = written_by
+            .query_row(params![charge_id, e.leg], |r| r.get(0))
+            .optional()?;
+        if by == Some(lsn as i64) {
+            add_entry(deltas, e);
+        }
+    }
+    Ok(())
+}
+
+/// Add an entry's two sides to `deltas`.
+fn add_entry(deltas: &mut Deltas, e: &Entry) {
+    deltas.entry(e.debit).or_default().1 += e.amount;
+    deltas.entry(e.credit).or_default().0 += e.amount;
 }
 
 /// The statements a logged record runs, prepared once per transaction rather than looked up
@@ -1266,7 +1344,7 @@ impl<'t> Statements<'t> {
             )?,
             entries: tx.prepare_cached(
                 "INSERT INTO entries(charge_id, leg, kind, debit_kind, debit_owner, debit_period, credit_kind,
-                 credit_owner, credit_period, amount, created_ms, seq)
+                 credit_owner, credit_period, amount, created_ms, lsn)
                  VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12) ON CONFLICT(charge_id, leg) DO NOTHING",
             )?,
         })
@@ -1276,11 +1354,11 @@ impl<'t> Statements<'t> {
 fn apply_charge(
     tx: &Transaction<'_>,
     st: &mut Statements<'_>,
+    lsn: u64,
     u: &UsageRecord,
     entries: &[Entry],
     idem: Option<&IdemRecord>,
     deltas: &mut Deltas,
-    seq: &mut i64,
 ) -> Result<(), StoreError> {
     st.usage.execute(params![
         u.charge_id,
@@ -1296,7 +1374,7 @@ fn apply_charge(
         u.charged,
         u.occurred_ms
     ])?;
-    insert_entries(st, entries, &u.charge_id, u.occurred_ms, deltas, seq)?;
+    insert_entries(st, lsn, entries, &u.charge_id, u.occurred_ms, deltas)?;
     if let Some(i) = idem {
         let headers =
             serde_json::to_string(&i.headers).map_err(|e| StoreError::Sql(e.to_string()))?;
@@ -1317,13 +1395,14 @@ fn apply_charge(
     Ok(())
 }
 
+/// Insert a record's entries, each stamped with the record's log sequence number `lsn`.
 fn insert_entries(
     st: &mut Statements<'_>,
+    lsn: u64,
     entries: &[Entry],
     charge_id: &str,
     now_ms: i64,
     deltas: &mut Deltas,
-    seq: &mut i64,
 ) -> Result<(), StoreError> {
     for e in entries {
         let n = st.entries.execute(params![
@@ -1338,13 +1417,11 @@ fn insert_entries(
             e.credit.period,
             e.amount,
             now_ms,
-            *seq
+            lsn as i64
         ])?;
         // Only a first insert moves balances: replays are no-ops forever.
         if n == 1 {
-            *seq += 1;
-            deltas.entry(e.debit).or_default().1 += e.amount;
-            deltas.entry(e.credit).or_default().0 += e.amount;
+            add_entry(deltas, e);
         }
     }
     Ok(())
@@ -1461,18 +1538,72 @@ mod tests {
         );
     }
 
+    /// A database as version `version` (1 or 2) left it: entries numbered by `seq` (with its
+    /// index), and for version 1 usage indexed by time alone.
+    fn old_database(path: &Path, version: &str) -> Connection {
+        let conn = Connection::open(path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE entries(
+               charge_id TEXT NOT NULL, leg INTEGER NOT NULL, kind TEXT NOT NULL,
+               debit_kind INTEGER NOT NULL, debit_owner INTEGER NOT NULL, debit_period INTEGER NOT NULL,
+               credit_kind INTEGER NOT NULL, credit_owner INTEGER NOT NULL, credit_period INTEGER NOT NULL,
+               amount INTEGER NOT NULL CHECK(amount > 0), created_ms INTEGER NOT NULL,
+               seq INTEGER NOT NULL DEFAULT 0,
+               PRIMARY KEY(charge_id, leg)) WITHOUT ROWID;
+             CREATE INDEX entries_seq ON entries(seq);",
+        )
+        .unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        conn.execute("INSERT INTO meta(k, v) VALUES('schema', ?1)", [version])
+            .unwrap();
+        if version == "1" {
+            conn.execute_batch(
+                "DROP INDEX usage_consumer_time;
+                 CREATE INDEX usage_time ON usage(occurred_ms);",
+            )
+            .unwrap();
+        }
+        conn
+    }
+
+    fn columns(conn: &Connection, table: &str) -> Vec<String> {
+        let mut st = conn
+            .prepare("SELECT name FROM pragma_table_info(?1)")
+            .unwrap();
+        st.query_map([table], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    fn meta(conn: &Connection, k: &str) -> Option<String> {
+        conn.query_row("SELECT v FROM meta WHERE k = ?1", [k], |r| r.get(0))
+            .optional()
+            .unwrap()
+    }
+
+    /// `accounts` as `(kind, owner, period, credits, debits)`, in key order.
+    fn accounts(conn: &Connection) -> Vec<(i64, i64, i64, i64, i64)> {
+        let mut st = conn
+            .prepare("SELECT kind, owner, period, credits, debits FROM accounts ORDER BY kind, owner, period")
+            .unwrap();
+        st.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
     #[test]
     fn a_version_1_database_is_migrated_with_its_usage_kept() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.db");
         {
-            // What version 1 created: usage indexed by time alone.
-            let conn = open_connection(&path, false).unwrap();
-            conn.execute_batch(
-                "DROP INDEX usage_consumer_time;
-                 CREATE INDEX usage_time ON usage(occurred_ms);
-                 UPDATE meta SET v = '1' WHERE k = 'schema';
-                 INSERT INTO usage VALUES('c1', 'c1', 1, 7, NULL, 'api', 200, 1, 10, 100, 1, 5000);",
+            let conn = old_database(&path, "1");
+            conn.execute(
+                "INSERT INTO usage VALUES('c1', 'c1', 1, 7, NULL, 'api', 200, 1, 10, 100, 1, 5000)",
+                [],
             )
             .unwrap();
             assert_eq!(indexes(&conn, "usage"), ["usage_time"]);
@@ -1480,6 +1611,10 @@ mod tests {
         let conn = open_connection(&path, false).unwrap();
         assert_eq!(schema_version(&conn), SCHEMA_VERSION);
         assert_eq!(indexes(&conn, "usage"), ["usage_consumer_time"]);
+        assert_eq!(
+            indexes(&conn, "entries"),
+            ["entries_balance_credit", "entries_balance_debit"]
+        );
         let (n, cost): (i64, i64) = conn
             .query_row(crate::USAGE_TOTALS_SQL, params![7, 0, 10_000], |r| {
                 Ok((r.get(0)?, r.get(3)?))
@@ -1489,8 +1624,256 @@ mod tests {
         drop(conn);
         // Opening it again changes nothing.
         let conn = open_connection(&path, false).unwrap();
-        assert_eq!(schema_version(&conn), "2");
+        assert_eq!(schema_version(&conn), "3");
         assert_eq!(indexes(&conn, "usage"), ["usage_consumer_time"]);
+    }
+
+    /// Version 2 kept account totals a fold behind the entries, by entry sequence number; the
+    /// migration folds in what was not, once, and from then on counts by log position.
+    #[test]
+    fn a_version_2_database_is_migrated_with_its_unfolded_entries_folded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        {
+            let conn = old_database(&path, "2");
+            conn.execute_batch(
+                "-- A top-up (an admin entry: seq 0, posted to accounts directly), a charge
+                 -- folded in (seq 1 <= accounts_through) and two that are not (seq 2 and 3).
+                 INSERT INTO entries VALUES('op:topup:a', 0, 'topup', 102, 0, 0, 1, 7, 0, 1000, 1, 0);
+                 INSERT INTO entries VALUES('r1', 0, 'charge', 1, 7, 0, 100, 1, 0, 10, 2, 1);
+                 INSERT INTO entries VALUES('r2', 0, 'charge', 1, 7, 0, 100, 1, 0, 20, 3, 2);
+                 INSERT INTO entries VALUES('r2', 1, 'quota', 2, 7, 500, 101, 0, 0, 1, 3, 3);
+                 INSERT INTO accounts VALUES(102, 0, 0, 0, 1000);
+                 INSERT INTO accounts VALUES(1, 7, 0, 1000, 10);
+                 INSERT INTO accounts VALUES(100, 1, 0, 10, 0);
+                 INSERT INTO meta VALUES('accounts_through', '1');
+                 INSERT INTO meta VALUES('log_lsn', '41');",
+            )
+            .unwrap();
+        }
+        let want = vec![
+            (1, 7, 0, 1000, 30),
+            (2, 7, 500, 0, 1),
+            (100, 1, 0, 30, 0),
+            (101, 0, 0, 1, 0),
+            (102, 0, 0, 0, 1000),
+        ];
+        for round in 0..2 {
+            let conn = open_connection(&path, false).unwrap();
+            assert_eq!(schema_version(&conn), SCHEMA_VERSION, "round {round}");
+            assert_eq!(accounts(&conn), want, "round {round}");
+            assert_eq!(meta(&conn, "accounts_lsn").as_deref(), Some("41"));
+            assert_eq!(meta(&conn, "accounts_through"), None);
+            assert_eq!(
+                indexes(&conn, "entries"),
+                ["entries_balance_credit", "entries_balance_debit"],
+                "entries_seq is gone"
+            );
+            assert!(columns(&conn, "entries").contains(&"lsn".to_string()));
+            // The entries of the database are all folded in: none counts as pending.
+            let pending: i64 = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM entries WHERE lsn > CAST((SELECT v FROM meta WHERE k = 'accounts_lsn') AS INTEGER)",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(pending, 0);
+        }
+    }
+
+    use crate::ledger::AcctKind;
+
+    fn acct(kind: AcctKind, owner: i64, period: i64) -> AcctKey {
+        AcctKey {
+            kind,
+            owner,
+            period,
+        }
+    }
+
+    /// A charge of `amount` to consumer 7's balance (leg 0), and one request of its quota in
+    /// period 500 (leg 1) of `quota` units (0 is refused by the `entries` table).
+    fn charge_record(id: &str, amount: i64, quota: i64) -> (UsageRecord, Vec<Entry>) {
+        let u = UsageRecord {
+            charge_id: id.into(),
+            request_id: id.into(),
+            tenant_seq: 1,
+            consumer_seq: 7,
+            key_id: None,
+            route: "api".into(),
+            status: 200,
+            requests: 1,
+            bytes: 0,
+            cost: amount,
+            charged: true,
+            occurred_ms: 1_000,
+        };
+        let legs = vec![
+            Entry {
+                leg: 0,
+                kind: "charge",
+                debit: acct(AcctKind::Balance, 7, 0),
+                credit: acct(AcctKind::Revenue, 1, 0),
+                amount,
+            },
+            Entry {
+                leg: 1,
+                kind: "quota",
+                debit: acct(AcctKind::QuotaRequests, 7, 500),
+                credit: acct(AcctKind::QuotaSink, 0, 0),
+                amount: quota,
+            },
+        ];
+        (u, legs)
+    }
+
+    /// Log records 1-6, synced to a segment: r1 (10), r2 (20), r2's charge leg again as a
+    /// follow-up record (a no-op: same id), r4 (5, with a refused quota leg: the database
+    /// refuses the whole record), r5 (7), r6 (9). Returns each record's frame.
+    /// A logged record: its number, its batch's frames and its place among them.
+    type Framed = (u64, Arc<[u8]>, std::ops::Range<usize>);
+
+    fn six_records(path: &Path) -> Vec<Framed> {
+        let mut buf = Vec::new();
+        let mut ranges = Vec::new();
+        let mut lsn = 1;
+        let mut push = |buf: &mut Vec<u8>, f: &dyn Fn(&mut Vec<u8>, u64)| {
+            let start = buf.len();
+            f(buf, lsn);
+            ranges.push((lsn, start..buf.len()));
+            lsn += 1;
+        };
+        for (id, amount, quota) in [("r1", 10, 1), ("r2", 20, 1)] {
+            let (u, e) = charge_record(id, amount, quota);
+            push(&mut buf, &|b, l| {
+                chargelog::encode_charge(b, l, &u, &e, None)
+            });
+        }
+        let (_, again) = charge_record("r2", 20, 1);
+        push(&mut buf, &|b, l| {
+            chargelog::encode_entries(b, l, "r2", 1_000, &again[..1])
+        });
+        for (id, amount, quota) in [("r4", 5, 0), ("r5", 7, 1), ("r6", 9, 1)] {
+            let (u, e) = charge_record(id, amount, quota);
+            push(&mut buf, &|b, l| {
+                chargelog::encode_charge(b, l, &u, &e, None)
+            });
+        }
+        let mut w = chargelog::LogWriter::create(&chargelog::dir_for(path), 1).unwrap();
+        w.append(&buf, true).unwrap();
+        let frames: Arc<[u8]> = Arc::from(&buf[..]);
+        ranges
+            .into_iter()
+            .map(|(l, r)| (l, Arc::clone(&frames), r))
+            .collect()
+    }
+
+    fn project(conn: &mut Connection, ws: &mut WriterState, frames: &[Framed], flush: bool) {
+        let mut batch: Vec<Projected> = frames
+            .iter()
+            .map(|(l, b, r)| Projected::Frame(*l, Arc::clone(b), r.clone()))
+            .collect();
+        project_batch(conn, &mut batch, ws, flush, true).unwrap();
+    }
+
+    fn fresh_state(conn: &Connection) -> WriterState {
+        WriterState {
+            deltas: Deltas::default(),
+            last_flush: std::time::Instant::now(),
+            applied_lsn: meta_lsn(conn, "log_lsn").unwrap(),
+            folded_lsn: accounts_lsn(conn).unwrap(),
+        }
+    }
+
+    /// Balance debits 10 + 20 + 7 + 9 (r4 refused, r2's repeat a no-op), four quota units.
+    const ALL_SIX: [(i64, i64, i64, i64, i64); 4] = [
+        (1, 7, 0, 0, 46),
+        (2, 7, 500, 0, 4),
+        (100, 1, 0, 46, 0),
+        (101, 0, 0, 4, 0),
+    ];
+
+    /// The sums of the entries, per account, as `accounts` lists them.
+    fn entry_sums(conn: &Connection) -> Vec<(i64, i64, i64, i64, i64)> {
+        let mut st = conn
+            .prepare(
+                "SELECT kind, owner, period, SUM(c), SUM(d) FROM (
+                   SELECT debit_kind AS kind, debit_owner AS owner, debit_period AS period, 0 AS c, amount AS d FROM entries
+                   UNION ALL SELECT credit_kind, credit_owner, credit_period, amount, 0 FROM entries)
+                 GROUP BY kind, owner, period ORDER BY kind, owner, period",
+            )
+            .unwrap();
+        st.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+    }
+
+    /// A crash after the projector applied records but before it folded their totals into
+    /// `accounts` (and before it applied the last one): on open, the records are read again
+    /// from the log, which was kept for them, and each one's totals are folded in once.
+    #[test]
+    fn totals_the_database_has_but_accounts_lack_are_folded_from_the_log_once_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let frames = six_records(&path);
+        {
+            let mut conn = open_connection(&path, false).unwrap();
+            let mut ws = fresh_state(&conn);
+            // r1 applied and folded; then r2 to r5 applied, not folded; r6 never applied.
+            project(&mut conn, &mut ws, &frames[..1], true);
+            assert_eq!(ws.folded_lsn, 1);
+            project(&mut conn, &mut ws, &frames[1..5], false);
+            assert_eq!((ws.applied_lsn, ws.folded_lsn), (5, 1));
+            assert_eq!(meta(&conn, "accounts_lsn").as_deref(), Some("1"));
+            assert_eq!(meta(&conn, "log_lsn").as_deref(), Some("5"));
+            let rejected: i64 = conn
+                .query_row("SELECT COUNT(*) FROM log_rejects WHERE lsn = 4", [], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            assert_eq!(rejected, 1);
+            // The crash: the totals gathered since the fold are lost with the process.
+        }
+        let mut conn = open_connection(&path, false).unwrap();
+        let r = replay_log(&mut conn, &path).unwrap();
+        assert_eq!(
+            r,
+            Replayed {
+                next_lsn: 7,
+                applied: 1,
+                folded: 4
+            }
+        );
+        assert_eq!(accounts(&conn), ALL_SIX);
+        assert_eq!(entry_sums(&conn), ALL_SIX);
+        assert_eq!(meta(&conn, "accounts_lsn").as_deref(), Some("6"));
+        assert!(chargelog::segments(&chargelog::dir_for(&path))
+            .unwrap()
+            .is_empty());
+        // Opening again finds nothing to do.
+        let r = replay_log(&mut conn, &path).unwrap();
+        assert_eq!((r.applied, r.folded, r.next_lsn), (0, 0, 7));
+        assert_eq!(accounts(&conn), ALL_SIX);
+    }
+
+    /// While the gateway runs: a record the database refuses adds nothing to the totals, not
+    /// even the legs of it that went in before the refused one; a repeated entry adds nothing.
+    #[test]
+    fn a_refused_or_repeated_record_adds_nothing_to_the_totals() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let frames = six_records(&path);
+        let mut conn = open_connection(&path, false).unwrap();
+        let mut ws = fresh_state(&conn);
+        project(&mut conn, &mut ws, &frames[..3], false);
+        project(&mut conn, &mut ws, &frames[3..], true);
+        assert_eq!((ws.applied_lsn, ws.folded_lsn), (6, 6));
+        assert_eq!(accounts(&conn), ALL_SIX);
+        assert_eq!(entry_sums(&conn), ALL_SIX);
     }
 
     #[test]

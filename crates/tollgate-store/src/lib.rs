@@ -277,20 +277,22 @@ impl Store {
                 .map_err(|e| StoreError::Sql(format!("{}: {e}", parent.display())))?;
         }
         let mut conn = journal::open_connection(path, strict)?;
-        let (next_lsn, replayed) = journal::replay_log(&mut conn, path)?;
-        if replayed > 0 {
+        let replayed = journal::replay_log(&mut conn, path)?;
+        if replayed.applied > 0 {
             tracing::info!(
-                records = replayed,
+                records = replayed.applied,
                 "applied charge log records the database did not have yet"
             );
         }
-        let folded = journal::recover_accounts(&mut conn)?;
-        if folded > 0 {
+        if replayed.folded > 0 {
             tracing::info!(
-                entries = folded,
-                "folded journal entries into account totals"
+                records = replayed.folded,
+                "folded charge log records into account totals"
             );
         }
+        // Opening it set `synchronous` for the replay; the loads below only read.
+        conn.pragma_update(None, "synchronous", if strict { "FULL" } else { "NORMAL" })?;
+        let next_lsn = replayed.next_lsn;
         let count = |sql: &str| {
             conn.query_row(sql, [], |r| r.get::<_, i64>(0))
                 .map(|n| n.max(0) as usize)
@@ -896,7 +898,7 @@ impl Store {
         let (entries, accounts, imbalance, account_mismatches) = self
             .read(|conn| {
                 let tx = conn.unchecked_transaction()?;
-                let through = journal::accounts_through(&tx)?;
+                let through = journal::accounts_lsn(&tx)? as i64;
                 let entries: i64 =
                     tx.query_row("SELECT COUNT(*) FROM entries", [], |r| r.get(0))?;
                 let accounts: i64 =
@@ -1027,16 +1029,16 @@ pub(crate) const USAGE_TOTALS_SQL: &str =
      FROM usage WHERE consumer_seq=?1 AND occurred_ms >= ?2 AND occurred_ms < ?3";
 
 /// Accounts whose recorded totals differ from the sums of their entries: recorded is
-/// `accounts` plus the entries not folded into it yet (`seq` past `meta.accounts_through`,
-/// parameter 1; entries of admin operations have `seq` 0 and are posted to `accounts`
-/// directly). One grouping over every entry's two sides.
+/// `accounts` plus the entries not folded into it yet (written from a log record past
+/// `meta.accounts_lsn`, parameter 1; entries of admin operations have `lsn` 0 and are posted
+/// to `accounts` directly). One grouping over every entry's two sides.
 const LEDGER_ACCOUNT_MISMATCHES_SQL: &str = "
     SELECT kind, owner, period, SUM(rc), SUM(rd), SUM(ec), SUM(ed) FROM (
       SELECT kind, owner, period, credits AS rc, debits AS rd, 0 AS ec, 0 AS ed FROM accounts
       UNION ALL
-      SELECT debit_kind, debit_owner, debit_period, 0, amount, 0, 0 FROM entries WHERE seq > ?1
+      SELECT debit_kind, debit_owner, debit_period, 0, amount, 0, 0 FROM entries WHERE lsn > ?1
       UNION ALL
-      SELECT credit_kind, credit_owner, credit_period, amount, 0, 0, 0 FROM entries WHERE seq > ?1
+      SELECT credit_kind, credit_owner, credit_period, amount, 0, 0, 0 FROM entries WHERE lsn > ?1
       UNION ALL
       SELECT debit_kind, debit_owner, debit_period, 0, 0, 0, amount FROM entries
       UNION ALL
