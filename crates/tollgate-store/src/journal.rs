@@ -891,7 +891,9 @@ fn projector_loop(mut conn: Connection, rx: mpsc::Receiver<Vec<Projected>>) {
                     waiting = waits(&v);
                     pending.extend(v);
                 }
-                Err(_) => break,
+                // Stopped while idle: one last (empty) commit still folds the totals in, and
+                // the segments they were waiting for go.
+                Err(_) => open = false,
             }
         }
         let deadline = std::time::Instant::now() + PROJECT_EVERY;
@@ -1874,6 +1876,43 @@ mod tests {
         assert_eq!((ws.applied_lsn, ws.folded_lsn), (6, 6));
         assert_eq!(accounts(&conn), ALL_SIX);
         assert_eq!(entry_sums(&conn), ALL_SIX);
+    }
+
+    /// While the gateway runs, a full segment stays until its records are folded into
+    /// `accounts` (every 30 s), not merely applied; the last commit at stop folds them, and the
+    /// segment goes.
+    #[test]
+    fn a_segment_is_removed_only_once_its_records_are_folded_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let frames = six_records(&path);
+        let segs = chargelog::segments(&chargelog::dir_for(&path)).unwrap();
+        assert_eq!(segs.len(), 1);
+        let seg = segs[0].clone();
+        let conn = open_connection(&path, false).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let projector = thread::spawn(move || projector_loop(conn, rx));
+        let mut batch: Vec<Projected> = frames
+            .iter()
+            .map(|(l, b, r)| Projected::Frame(*l, Arc::clone(b), r.clone()))
+            .collect();
+        batch.push(Projected::Retired(seg.clone(), 6));
+        tx.send(batch).unwrap();
+        let reader = open_connection(&path, false).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while meta(&reader, "log_lsn").as_deref() != Some("6") {
+            assert!(std::time::Instant::now() < deadline, "never applied");
+            thread::sleep(std::time::Duration::from_millis(20));
+        }
+        // Applied, not folded in: a crash now needs the segment to fold them at open.
+        assert!(seg.exists());
+        assert_eq!(meta(&reader, "accounts_lsn"), None);
+        // Stop while idle.
+        drop(tx);
+        projector.join().unwrap();
+        assert!(!seg.exists());
+        assert_eq!(meta(&reader, "accounts_lsn").as_deref(), Some("6"));
+        assert_eq!(accounts(&reader), ALL_SIX);
     }
 
     #[test]
