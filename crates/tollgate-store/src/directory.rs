@@ -146,8 +146,10 @@ pub struct TenantEntry {
     pub upgrade_url: Option<Box<str>>,
     /// Top-up URL override.
     pub top_up_url: Option<Box<str>>,
-    /// Tenant-wide counters (spending caps).
-    pub state: Mutex<TenantState>,
+    /// Tenant-wide counters (spending caps). Shared by every entry the tenant has had: an
+    /// update of its profile makes a new entry, and the consumers loaded before it keep the
+    /// old one until restart, so the counters must be one and the same for all of them.
+    pub state: Arc<Mutex<TenantState>>,
 }
 
 /// A consumer with its subscription and ledger state behind one lock.

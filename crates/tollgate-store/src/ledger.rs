@@ -641,7 +641,7 @@ mod tests {
             contact_email: None,
             upgrade_url: None,
             top_up_url: None,
-            state: Mutex::new(TenantState::default()),
+            state: Arc::new(Mutex::new(TenantState::default())),
         });
         let mut st = ConsumerState::new(Subscription {
             plan: "p".into(),

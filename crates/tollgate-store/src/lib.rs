@@ -405,18 +405,18 @@ impl Store {
                 Ok(tx.query_row("SELECT seq FROM tenants WHERE id=?1", [&tv.id], |r| r.get::<_, i64>(0))?)
             })
             .await?;
-        // Contact and URLs changed: a new entry that keeps the tenant's counters. Consumers
-        // keep pointing at the old entry (its counters) until restart; the 402 path looks the
-        // URLs up by tenant id, so it sees the new ones at once.
-        let counters = self
+        // Contact and URLs changed: a new entry with the same counters (one state, shared).
+        // Consumers keep pointing at the old entry until restart, spending against the same
+        // counters as those created after; the 402 path looks the URLs up by tenant id, so it
+        // sees the new ones at once.
+        let state = self
             .dir
             .tenant(&t.id)
-            .map(|o| o.state.lock().counters.clone())
+            .map(|o| Arc::clone(&o.state))
             .unwrap_or_default();
-        self.dir.tenants.insert(
-            t.id.clone().into(),
-            Arc::new(tenant_entry(seq, &t, counters)),
-        );
+        self.dir
+            .tenants
+            .insert(t.id.clone().into(), Arc::new(tenant_entry(seq, &t, state)));
         Ok(t)
     }
 
@@ -1106,7 +1106,7 @@ pub fn op_charge_id(kind: &str, op_id: &str) -> String {
     format!("op:{kind}:{op_id}")
 }
 
-fn tenant_entry(seq: i64, t: &TenantView, counters: ledger::Counters) -> TenantEntry {
+fn tenant_entry(seq: i64, t: &TenantView, state: Arc<Mutex<TenantState>>) -> TenantEntry {
     TenantEntry {
         id: t.id.clone().into(),
         seq,
@@ -1114,7 +1114,7 @@ fn tenant_entry(seq: i64, t: &TenantView, counters: ledger::Counters) -> TenantE
         contact_email: t.contact_email.clone().map(Into::into),
         upgrade_url: t.upgrade_url.clone().map(Into::into),
         top_up_url: t.top_up_url.clone().map(Into::into),
-        state: Mutex::new(TenantState { counters }),
+        state,
     }
 }
 

@@ -39,6 +39,12 @@ routes = ["*"]
 spending_caps = [{{ scope = "consumer", amount = "3.00" }}]
 
 [[plans]]
+id = "tenantcap"
+name = "Tenant-capped"
+routes = ["*"]
+spending_caps = [{{ scope = "tenant", amount = "3.00" }}]
+
+[[plans]]
 id = "graceful"
 name = "Graceful"
 routes = ["*"]
@@ -121,6 +127,78 @@ async fn spending_cap_refuses_with_scope_and_reset() {
         "7.00",
         "the refused request was not charged"
     );
+}
+
+/// A tenant-wide cap counts the spending of all the tenant's consumers together, refuses every
+/// one of them once reached (and no other tenant's), and still holds after a kill -9 and a
+/// restart: the tenant's spend is rebuilt from the ledger. `Gw::consumer` upserts tenant t1
+/// before each consumer, so a and b were created on either side of a tenant update (which
+/// once gave each side counters of its own).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_cap_counts_all_its_consumers_and_survives_a_crash() {
+    let mock = MockUpstream::start_local().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), mock.addr());
+    let mut gw = Gw::start(dir, &cfg);
+    // Consumers a and b of tenant t1; c of tenant t2.
+    let a = gw.consumer("a", "tenantcap").await;
+    let b = gw.consumer("b", "tenantcap").await;
+    let (s, _) = gw
+        .admin(
+            Method::POST,
+            "/v1/tenants",
+            Some(json!({"id": "t2", "name": "T2"})),
+        )
+        .await;
+    assert!(s == 200 || s == 201, "tenant t2: {s}");
+    let (s, v) = gw
+        .admin(
+            Method::POST,
+            "/v1/consumers",
+            Some(json!({"id": "c", "tenant": "t2", "plan": "tenantcap"})),
+        )
+        .await;
+    assert!(s == 200 || s == 201, "consumer c: {s} {v}");
+    let (s, v) = gw
+        .admin(Method::POST, "/v1/consumers/c/keys", Some(json!({})))
+        .await;
+    assert!(s == 200 || s == 201, "key of c: {s} {v}");
+    let c = v["secret"].as_str().unwrap().to_string();
+    for id in ["a", "b", "c"] {
+        gw.top_up(id, "10.00").await;
+    }
+    let paid = |gw: &Gw, key: &str| gw.http.get(gw.url("/paid")).bearer_auth(key).send();
+    for key in [&a, &a, &b] {
+        assert_eq!(paid(&gw, key).await.unwrap().status(), 200);
+    }
+    let refused = |v: &serde_json::Value| {
+        assert_eq!(v["code"], "SPENDING_CAP_REACHED", "{v}");
+        assert_eq!(v["details"]["scope"], "tenant", "{v}");
+        assert_eq!(v["details"]["cap"], "3.00", "{v}");
+        assert_eq!(v["details"]["current_spend"], "3.00", "{v}");
+        assert!(v["details"]["resets_at"].is_string(), "{v}");
+    };
+    for key in [&b, &a] {
+        let r = paid(&gw, key).await.unwrap();
+        assert_eq!(r.status(), 402);
+        refused(&json(r).await);
+    }
+    // Another tenant's consumer on the same plan has a cap of its own.
+    assert_eq!(paid(&gw, &c).await.unwrap().status(), 200);
+
+    gw.kill9();
+    gw.restart();
+    let r = paid(&gw, &b).await.unwrap();
+    assert_eq!(r.status(), 402, "the tenant's spend survived the crash");
+    refused(&json(r).await);
+    assert_eq!(paid(&gw, &c).await.unwrap().status(), 200);
+    for (id, balance) in [("a", "8.00"), ("b", "9.00"), ("c", "8.00")] {
+        assert_eq!(
+            gw.consumer_view(id).await["balance"],
+            balance,
+            "{id}: charged for what was served, nothing for what was refused"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
