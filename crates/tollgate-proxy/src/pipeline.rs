@@ -870,6 +870,10 @@ static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static XFH: HeaderName = HeaderName::from_static("x-forwarded-host");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+// Identity headers for the upstream, made once (a name made per request is validated each time).
+static X_TOLLGATE_TENANT: HeaderName = HeaderName::from_static("x-tollgate-tenant");
+static X_TOLLGATE_CONSUMER: HeaderName = HeaderName::from_static("x-tollgate-consumer");
+static X_TOLLGATE_PLAN: HeaderName = HeaderName::from_static("x-tollgate-plan");
 
 /// Headers for the upstream request: hop-by-hop removed, client credentials removed on
 /// governed routes, identity and forwarding headers added, our own `x-tollgate-*` never
@@ -924,12 +928,12 @@ fn upstream_headers(
     }
     if let Some((tenant, consumer, plan)) = who {
         for (k, v) in [
-            ("x-tollgate-tenant", tenant),
-            ("x-tollgate-consumer", consumer),
-            ("x-tollgate-plan", plan),
+            (&X_TOLLGATE_TENANT, tenant),
+            (&X_TOLLGATE_CONSUMER, consumer),
+            (&X_TOLLGATE_PLAN, plan),
         ] {
             if let Ok(v) = HeaderValue::from_str(v) {
-                h.insert(HeaderName::from_static(k), v);
+                h.insert(k.clone(), v);
             }
         }
     }

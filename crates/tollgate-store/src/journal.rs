@@ -1584,17 +1584,23 @@ mod tests {
             .unwrap()
     }
 
-    /// `accounts` as `(kind, owner, period, credits, debits)`, in key order.
-    fn accounts(conn: &Connection) -> Vec<(i64, i64, i64, i64, i64)> {
-        let mut st = conn
-            .prepare("SELECT kind, owner, period, credits, debits FROM accounts ORDER BY kind, owner, period")
-            .unwrap();
+    /// Per-account totals as `(kind, owner, period, credits, debits)` rows of `sql`.
+    fn totals(conn: &Connection, sql: &str) -> Vec<(i64, i64, i64, i64, i64)> {
+        let mut st = conn.prepare(sql).unwrap();
         st.query_map([], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
         })
         .unwrap()
         .collect::<Result<_, _>>()
         .unwrap()
+    }
+
+    /// `accounts`, in key order.
+    fn accounts(conn: &Connection) -> Vec<(i64, i64, i64, i64, i64)> {
+        totals(
+            conn,
+            "SELECT kind, owner, period, credits, debits FROM accounts ORDER BY kind, owner, period",
+        )
     }
 
     #[test]
@@ -1798,20 +1804,13 @@ mod tests {
 
     /// The sums of the entries, per account, as `accounts` lists them.
     fn entry_sums(conn: &Connection) -> Vec<(i64, i64, i64, i64, i64)> {
-        let mut st = conn
-            .prepare(
-                "SELECT kind, owner, period, SUM(c), SUM(d) FROM (
-                   SELECT debit_kind AS kind, debit_owner AS owner, debit_period AS period, 0 AS c, amount AS d FROM entries
-                   UNION ALL SELECT credit_kind, credit_owner, credit_period, amount, 0 FROM entries)
-                 GROUP BY kind, owner, period ORDER BY kind, owner, period",
-            )
-            .unwrap();
-        st.query_map([], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
+        totals(
+            conn,
+            "SELECT kind, owner, period, SUM(c), SUM(d) FROM (
+               SELECT debit_kind AS kind, debit_owner AS owner, debit_period AS period, 0 AS c, amount AS d FROM entries
+               UNION ALL SELECT credit_kind, credit_owner, credit_period, amount, 0 FROM entries)
+             GROUP BY kind, owner, period ORDER BY kind, owner, period",
+        )
     }
 
     /// A crash after the projector applied records but before it folded their totals into
