@@ -315,6 +315,14 @@ pub fn open_connection(path: &Path, strict: bool) -> Result<Connection, StoreErr
     Ok(conn)
 }
 
+/// The names of `table`'s columns.
+fn table_columns(conn: &Connection, table: &str) -> Result<Vec<String>, StoreError> {
+    Ok(conn
+        .prepare("SELECT name FROM pragma_table_info(?1)")?
+        .query_map([table], |r| r.get(0))?
+        .collect::<Result<_, _>>()?)
+}
+
 /// Bring a version 1 or 2 database to version 3, in one transaction. The schema above has
 /// already created what is new (`usage_consumer_time` over the existing rows).
 fn migrate(conn: &Connection, from: &str) -> Result<(), StoreError> {
@@ -323,10 +331,7 @@ fn migrate(conn: &Connection, from: &str) -> Result<(), StoreError> {
         if from == "1" {
             conn.execute_batch("DROP INDEX IF EXISTS usage_time")?;
         }
-        let columns: Vec<String> = conn
-            .prepare("SELECT name FROM pragma_table_info('entries')")?
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
+        let columns = table_columns(conn, "entries")?;
         let has = |c: &str| columns.iter().any(|n| n == c);
         if has("seq") {
             // Versions 1 and 2 folded entries into `accounts` by their sequence number: fold
@@ -1265,7 +1270,9 @@ pub fn replay_log(conn: &mut Connection, db_path: &Path) -> Result<Replayed, Sto
     let applied = meta_lsn(conn, "log_lsn")?;
     let folded = accounts_lsn(conn)?;
     let mut out = Replayed::default();
-    // The segments are removed once this commit is on disk, whatever the durability setting.
+    // The segments are removed once this commit is on disk, whatever the durability setting;
+    // the connection gets its own setting back afterwards.
+    let setting: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0))?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     let tx = conn.transaction()?;
     let mut deltas = Deltas::default();
@@ -1290,6 +1297,7 @@ pub fn replay_log(conn: &mut Connection, db_path: &Path) -> Result<Replayed, Sto
     } else {
         drop(tx);
     }
+    conn.pragma_update(None, "synchronous", setting)?;
     for p in chargelog::segments(&dir)? {
         chargelog::remove_segment(&p);
     }
@@ -1572,16 +1580,6 @@ mod tests {
         conn
     }
 
-    fn columns(conn: &Connection, table: &str) -> Vec<String> {
-        let mut st = conn
-            .prepare("SELECT name FROM pragma_table_info(?1)")
-            .unwrap();
-        st.query_map([table], |r| r.get(0))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
-    }
-
     fn meta(conn: &Connection, k: &str) -> Option<String> {
         conn.query_row("SELECT v FROM meta WHERE k = ?1", [k], |r| r.get(0))
             .optional()
@@ -1681,7 +1679,9 @@ mod tests {
                 ["entries_balance_credit", "entries_balance_debit"],
                 "entries_seq is gone"
             );
-            assert!(columns(&conn, "entries").contains(&"lsn".to_string()));
+            assert!(table_columns(&conn, "entries")
+                .unwrap()
+                .contains(&"lsn".to_string()));
             // The entries of the database are all folded in: none counts as pending.
             let pending: i64 = conn
                 .query_row(

@@ -290,8 +290,6 @@ impl Store {
                 "folded charge log records into account totals"
             );
         }
-        // Opening it set `synchronous` for the replay; the loads below only read.
-        conn.pragma_update(None, "synchronous", if strict { "FULL" } else { "NORMAL" })?;
         let next_lsn = replayed.next_lsn;
         let count = |sql: &str| {
             conn.query_row(sql, [], |r| r.get::<_, i64>(0))
