@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 use crate::chargelog;
 use crate::clock::{Clock, SystemClock};
 use crate::completions::{self, Done, Inbox};
+use crate::dblock::DbLock;
 use crate::ledger::{AcctKey, Entry};
 
 /// Per-account `(credits, debits)` to fold into `accounts`.
@@ -389,13 +390,16 @@ impl Journal {
     /// Start the journal for the database at `db_path`: the charge-log writer (segments in
     /// [`chargelog::dir_for`], starting at sequence number `next_lsn`), the projector that
     /// applies the log to SQLite on `conn`, and a checkpointer on `checkpoint_conn` so that
-    /// copying the WAL into the database file (and its fsync) never stalls a commit.
+    /// copying the WAL into the database file (and its fsync) never stalls a commit. The three
+    /// threads hold `lock` until each has stopped, so the database is not opened again before
+    /// the last of them is done with it.
     pub fn start(
         db_path: &Path,
         next_lsn: u64,
         conn: Connection,
         checkpoint_conn: Connection,
         strict: bool,
+        lock: Arc<DbLock>,
     ) -> Result<Journal, StoreError> {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let log = chargelog::LogWriter::create(&chargelog::dir_for(db_path), next_lsn)?;
@@ -404,19 +408,34 @@ impl Journal {
         let weak = std::sync::Arc::downgrade(&alive);
         thread::Builder::new()
             .name("tollgate-checkpoint".into())
-            .spawn(move || checkpoint_loop(checkpoint_conn, weak))
+            .spawn({
+                let lock = Arc::clone(&lock);
+                move || {
+                    checkpoint_loop(checkpoint_conn, weak);
+                    drop(lock);
+                }
+            })
             .map_err(|e| StoreError::Sql(format!("cannot start checkpoint thread: {e}")))?;
         let (ptx, prx) = mpsc::channel::<Vec<Projected>>();
         let projector = thread::Builder::new()
             .name("tollgate-projector".into())
-            .spawn(move || projector_loop(conn, prx))
+            .spawn({
+                let lock = Arc::clone(&lock);
+                move || {
+                    projector_loop(conn, prx);
+                    drop(lock);
+                }
+            })
             .map_err(|e| StoreError::Sql(format!("cannot start projector thread: {e}")))?
             .thread()
             .clone();
         let (tx, rx) = mpsc::channel::<Msg>();
         thread::Builder::new()
             .name("tollgate-journal".into())
-            .spawn(move || log_loop(log, rx, ptx, projector, strict))
+            .spawn(move || {
+                log_loop(log, rx, ptx, projector, strict);
+                drop(lock);
+            })
             .map_err(|e| StoreError::Sql(format!("cannot start writer thread: {e}")))?;
         Ok(Journal {
             tx,
@@ -1267,14 +1286,16 @@ pub struct Replayed {
 /// durable transaction; then remove the segments.
 pub fn replay_log(conn: &mut Connection, db_path: &Path) -> Result<Replayed, StoreError> {
     let dir = chargelog::dir_for(db_path);
-    let applied = meta_lsn(conn, "log_lsn")?;
-    let folded = accounts_lsn(conn)?;
     let mut out = Replayed::default();
     // The segments are removed once this commit is on disk, whatever the durability setting;
     // the connection gets its own setting back afterwards.
     let setting: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0))?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    let tx = conn.transaction()?;
+    // Read where the database stands and write what follows from it in one write
+    // transaction, taken at once: no other commit can come in between.
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let applied = meta_lsn(&tx, "log_lsn")?;
+    let folded = accounts_lsn(&tx)?;
     let mut deltas = Deltas::default();
     let mut st = Statements::prepare(&tx)?;
     let max_lsn = chargelog::for_each_after(&dir, folded.min(applied), |lsn, rec| {

@@ -5,6 +5,7 @@
 pub mod chargelog;
 pub mod clock;
 pub mod completions;
+pub mod dblock;
 pub mod directory;
 pub mod idempotency;
 pub mod index;
@@ -276,6 +277,7 @@ impl Store {
             std::fs::create_dir_all(parent)
                 .map_err(|e| StoreError::Sql(format!("{}: {e}", parent.display())))?;
         }
+        let lock = dblock::DbLock::acquire(path, dblock::LOCK_WAIT)?;
         let mut conn = journal::open_connection(path, strict)?;
         let replayed = journal::replay_log(&mut conn, path)?;
         if replayed.applied > 0 {
@@ -313,6 +315,7 @@ impl Store {
             conn,
             journal::open_connection(path, strict)?,
             strict,
+            lock,
         )?;
         let reader = journal::open_connection(path, strict)?;
         let x402 = Arc::new(x402::SqlitePaymentStore::new(
@@ -1337,7 +1340,7 @@ fn load(
 }
 
 /// Bulk-create `n` consumers of `tenant` on `plan`, each with one key and `balance`, straight
-/// into the file (offline; the gateway must not be running on it). Returns the keys.
+/// into the file (offline: it fails while a gateway has the database open). Returns the keys.
 pub fn seed(
     path: &Path,
     tenant: &str,
@@ -1346,8 +1349,9 @@ pub fn seed(
     balance: i64,
     prefix: &str,
 ) -> Result<Vec<String>, StoreError> {
+    let _lock = dblock::DbLock::acquire(path, std::time::Duration::ZERO)?;
     let mut conn = journal::open_connection(path, false)?;
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let now = chrono::Utc::now().timestamp_millis();
     let exists: Option<i64> = tx
         .query_row("SELECT seq FROM tenants WHERE id=?1", [tenant], |r| {

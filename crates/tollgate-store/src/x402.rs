@@ -372,6 +372,7 @@ mod tests {
             open_connection(&path, true).unwrap(),
             open_connection(&path, true).unwrap(),
             true,
+            crate::dblock::DbLock::acquire(&path, crate::dblock::LOCK_WAIT).unwrap(),
         )
         .unwrap();
         SqlitePaymentStore::new(

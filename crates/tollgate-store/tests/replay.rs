@@ -250,3 +250,77 @@ async fn writes_from_threads_with_a_pump_are_each_answered_and_applied_once() {
         2 * per_thread
     );
 }
+
+/// A store dropped and opened again at once (no pause in between) finds everything the old
+/// one wrote, each once: the new one waits for the old one's threads (its last commit folds the
+/// totals in) instead of racing them for the database.
+#[tokio::test]
+async fn a_store_opened_again_at_once_waits_for_the_old_ones_last_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cfg(dir.path());
+    let db = std::path::PathBuf::from(&cfg.path);
+    let mut store = store_with_consumer(&cfg).await;
+    let seq = store.dir.consumer("c").unwrap().seq;
+    let rounds = 12u64;
+    let per_round = 50u64;
+    for round in 0..rounds {
+        // Queued together (a few log batches, one projector transaction), the last one waited
+        // for: the log writer takes them in order.
+        for i in 0..per_round {
+            let (u, e) = charge(round * per_round + i, seq);
+            let op = tollgate_store::Op::Charge {
+                usage: Box::new(u),
+                entries: e,
+                idem: None,
+            };
+            if i + 1 < per_round {
+                store.journal.write_nowait(op).unwrap();
+            } else {
+                store.journal.write(op).await.unwrap();
+            }
+        }
+        drop(store);
+        store = Store::open(&cfg, Arc::new(SystemClock)).unwrap();
+    }
+    drop(store);
+    // Opened once more (waiting for the last one) so that everything is folded in.
+    drop(Store::open(&cfg, Arc::new(SystemClock)).unwrap());
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM entries WHERE kind = 'charge'"),
+        (rounds * per_round) as i64
+    );
+    assert_eq!(
+        count(
+            &db,
+            &format!("SELECT debits FROM accounts WHERE kind = 1 AND owner = {seq}")
+        ),
+        (rounds * per_round) as i64 * 10_000
+    );
+    assert_eq!(
+        count(&db, "SELECT SUM(credits) - SUM(debits) FROM accounts"),
+        0,
+        "balanced"
+    );
+}
+
+/// While a store has the database open, a second open of the same file is refused with an
+/// error that says so, after a bounded wait, and leaves the first store working.
+#[tokio::test]
+async fn a_second_open_of_a_database_in_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cfg(dir.path());
+    let store = store_with_consumer(&cfg).await;
+    let err = Store::open(&cfg, Arc::new(SystemClock)).err().unwrap();
+    assert!(
+        matches!(&err, tollgate_store::StoreError::Conflict(m) if m.contains("in use by another tollgate")),
+        "{err}"
+    );
+    let err = tollgate_store::seed(std::path::Path::new(&cfg.path), "t", "p", 1, 0, "x")
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("in use"), "{err}");
+    store
+        .adjust_balance("c", 5, "after", "topup")
+        .await
+        .unwrap();
+}
