@@ -62,6 +62,15 @@ async fn store_with_consumer(cfg: &StoreConfig) -> Store {
     store
 }
 
+/// Every entry credits one account and debits another by the same amount.
+fn assert_balanced(db: &std::path::Path) {
+    assert_eq!(
+        count(db, "SELECT SUM(credits) - SUM(debits) FROM accounts"),
+        0,
+        "balanced"
+    );
+}
+
 fn count(path: &std::path::Path, sql: &str) -> i64 {
     let c = rusqlite::Connection::open(path).unwrap();
     c.query_row(sql, [], |r| r.get(0)).unwrap()
@@ -77,6 +86,8 @@ async fn records_the_database_missed_are_applied_once_on_open() {
         let store = store_with_consumer(&cfg).await;
         store.journal.flush().await.unwrap();
     }
+    // The store's threads are done with the database once its lock is free.
+    drop(tollgate_store::dblock::DbLock::acquire(&db, tollgate_store::dblock::LOCK_WAIT).unwrap());
     let seq = count(&db, "SELECT seq FROM consumers WHERE id = 'c'");
     // Records in the log that the projector never applied: 5 whole ones, then a torn one.
     let log_dir = chargelog::dir_for(&db);
@@ -180,11 +191,7 @@ async fn a_refused_record_is_set_aside_and_the_rest_of_its_batch_applies() {
         3
     );
     assert_eq!(count(&db, "SELECT COUNT(*) FROM log_rejects"), 1);
-    assert_eq!(
-        count(&db, "SELECT SUM(credits) - SUM(debits) FROM accounts"),
-        0,
-        "balanced"
-    );
+    assert_balanced(&db);
 }
 
 /// Writers on two runtime threads that run a pump (as the proxy workers do) are answered
@@ -296,11 +303,7 @@ async fn a_store_opened_again_at_once_waits_for_the_old_ones_last_commit() {
         ),
         (rounds * per_round) as i64 * 10_000
     );
-    assert_eq!(
-        count(&db, "SELECT SUM(credits) - SUM(debits) FROM accounts"),
-        0,
-        "balanced"
-    );
+    assert_balanced(&db);
 }
 
 /// While a store has the database open, a second open of the same file is refused with an
