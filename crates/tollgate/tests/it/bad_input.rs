@@ -319,3 +319,45 @@ fn broken_config_exits_64_and_names_the_key() {
         .unwrap();
     assert_eq!(out.status.code(), Some(66));
 }
+
+/// A second gateway started on a database another one is serving exits with 74 (store failure)
+/// and says which database is in use, after a bounded wait; the first one keeps serving.
+#[tokio::test]
+async fn a_second_gateway_on_the_same_database_exits_74_and_says_why() {
+    let upstream = MockUpstream::start_local().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = base_config(dir.path(), upstream.addr());
+    let gw = Gw::start(dir, &config);
+    let mut second = Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(gw.config_path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = second.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            second.kill().unwrap();
+            panic!("the second gateway kept running on a database in use");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(74), "{err}");
+    assert!(
+        err.contains("is in use by another tollgate") && err.contains("tollgate.db-lock"),
+        "{err}"
+    );
+    let r = gw
+        .http
+        .get(format!("http://{}/_tollgate/health", gw.proxy))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
