@@ -178,7 +178,8 @@ pub async fn check_ledger(State(st): State<AdminState>) -> ApiResult<Json<Ledger
 }
 
 /// The charge log writer's counters since start: records, group commits and the disk's sync
-/// latency (a histogram with fixed bounds, and the bucket bounds of its percentiles).
+/// latency (a histogram with fixed bounds, and the bucket bounds of its percentiles); and how
+/// far the database is behind the log.
 #[utoipa::path(get, path = "/v1/journal", tag = "meta",
     responses((status = 200, description = "Charge log counters", body = JournalStats),
         (status = 401, description = "Missing or wrong admin token", body = ErrorResponse)))]
@@ -203,6 +204,9 @@ pub async fn journal_stats(State(st): State<AdminState>) -> Json<JournalStats> {
         sync_p99_us: s.sync_quantile_us(0.99),
         sync_p999_us: s.sync_quantile_us(0.999),
         sync_histogram,
+        logged_lsn: s.logged_lsn,
+        applied_lsn: s.applied_lsn,
+        backlog: s.logged_lsn.saturating_sub(s.applied_lsn),
     })
 }
 

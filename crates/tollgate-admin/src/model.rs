@@ -751,6 +751,15 @@ pub struct JournalStats {
     pub sync_p999_us: Option<u64>,
     /// Every bucket, fastest first.
     pub sync_histogram: Vec<SyncBucket>,
+    /// Log sequence number of the last record in the charge log.
+    pub logged_lsn: u64,
+    /// Log sequence number of the last record applied to the database (usage, entries and
+    /// statements read from there).
+    pub applied_lsn: u64,
+    /// Records logged but not applied yet (`logged_lsn - applied_lsn`): held in memory until
+    /// the projector commits them, normally at most a quarter of a second's worth. A backlog
+    /// that keeps growing means the database cannot keep up with the traffic.
+    pub backlog: u64,
 }
 
 /// Credits and debits of one account: micro-units for money accounts, units (requests,

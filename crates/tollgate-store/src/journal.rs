@@ -404,6 +404,9 @@ impl Journal {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         let log = chargelog::LogWriter::create(&chargelog::dir_for(db_path), next_lsn)?;
         let stats = log.stats();
+        // `replay_log` applied everything the log held.
+        stats.set_logged(next_lsn.saturating_sub(1));
+        stats.set_applied(next_lsn.saturating_sub(1));
         let alive = std::sync::Arc::new(());
         let weak = std::sync::Arc::downgrade(&alive);
         thread::Builder::new()
@@ -421,8 +424,9 @@ impl Journal {
             .name("tollgate-projector".into())
             .spawn({
                 let lock = Arc::clone(&lock);
+                let stats = Arc::clone(&stats);
                 move || {
-                    projector_loop(conn, prx);
+                    projector_loop(conn, prx, &stats);
                     drop(lock);
                 }
             })
@@ -794,6 +798,7 @@ fn log_loop(
             log.next_lsn = first_lsn;
         } else if log.next_lsn > first_lsn {
             stats.record_commit(log.next_lsn - first_lsn);
+            stats.set_logged(log.next_lsn - 1);
         }
         // Every logged record goes on to the projector as its frame in a copy of this batch's
         // frames, exactly their size (`buf` is reused): the copy lives until the projector has
@@ -895,7 +900,11 @@ const PROJECT_EVERY: std::time::Duration = std::time::Duration::from_millis(250)
 /// [`PROJECT_EVERY`], or at once when a caller waits on a direct change), records in
 /// `meta.log_lsn` how far it got, and removes segments that are fully applied. Between
 /// transactions it sleeps (parked) rather than waking for every batch the writer sends.
-fn projector_loop(mut conn: Connection, rx: mpsc::Receiver<Vec<Projected>>) {
+fn projector_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Vec<Projected>>,
+    stats: &crate::logstats::LogStats,
+) {
     // The store opened with everything in the database folded in (`replay_log`).
     let folded = accounts_lsn(&conn).unwrap_or(0);
     let mut ws = WriterState {
@@ -966,6 +975,7 @@ fn projector_loop(mut conn: Connection, rx: mpsc::Receiver<Vec<Projected>>) {
         let durable = flush || batch.iter().any(|m| matches!(m, Projected::Direct(..)));
         match project_batch(&mut conn, &mut batch, &mut ws, flush, durable) {
             Ok(()) => {
+                stats.set_applied(ws.applied_lsn);
                 retired.retain(|(p, last)| {
                     if *last <= ws.folded_lsn {
                         chargelog::remove_segment(p);
@@ -1915,7 +1925,8 @@ mod tests {
         let seg = segs[0].clone();
         let conn = open_connection(&path, false).unwrap();
         let (tx, rx) = mpsc::channel();
-        let projector = thread::spawn(move || projector_loop(conn, rx));
+        let projector =
+            thread::spawn(move || projector_loop(conn, rx, &crate::logstats::LogStats::default()));
         let mut batch: Vec<Projected> = frames
             .iter()
             .map(|(l, b, r)| Projected::Frame(*l, Arc::clone(b), r.clone()))

@@ -22,6 +22,8 @@ pub struct LogStats {
     syncs: AtomicU64,
     sync_us_total: AtomicU64,
     buckets: [AtomicU64; SYNC_BUCKETS_US.len() + 1],
+    logged_lsn: AtomicU64,
+    applied_lsn: AtomicU64,
 }
 
 impl LogStats {
@@ -29,6 +31,16 @@ impl LogStats {
     pub fn record_commit(&self, records: u64) {
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.records.fetch_add(records, Ordering::Relaxed);
+    }
+
+    /// The log holds every record up to `lsn` (set by the writer after each append).
+    pub fn set_logged(&self, lsn: u64) {
+        self.logged_lsn.store(lsn, Ordering::Relaxed);
+    }
+
+    /// The database holds every record up to `lsn` (set by the projector after each commit).
+    pub fn set_applied(&self, lsn: u64) {
+        self.applied_lsn.store(lsn, Ordering::Relaxed);
     }
 
     /// One `fdatasync` took `took`.
@@ -50,6 +62,8 @@ impl LogStats {
             commits: self.commits.load(Ordering::Relaxed),
             syncs: self.syncs.load(Ordering::Relaxed),
             sync_us_total: self.sync_us_total.load(Ordering::Relaxed),
+            logged_lsn: self.logged_lsn.load(Ordering::Relaxed),
+            applied_lsn: self.applied_lsn.load(Ordering::Relaxed),
             buckets: self
                 .buckets
                 .iter()
@@ -70,6 +84,11 @@ pub struct LogStatsSnapshot {
     pub syncs: u64,
     /// Sum of the sync durations, microseconds.
     pub sync_us_total: u64,
+    /// The last record in the log (its log sequence number).
+    pub logged_lsn: u64,
+    /// The last record applied to the database; `logged_lsn - applied_lsn` records wait in
+    /// memory for the projector.
+    pub applied_lsn: u64,
     /// Syncs per bucket: `buckets[i]` took at most `SYNC_BUCKETS_US[i]` microseconds (and more
     /// than the bound before it); the last entry counts those slower than every bound.
     pub buckets: Vec<u64>,

@@ -1167,6 +1167,17 @@ async fn journal_reports_commits_and_the_disks_sync_latency() {
     assert!(hist.iter().any(|b| b["le_us"].as_u64() == Some(p50)));
     assert!(p50 <= p99, "{}", r.body);
     assert!(r.body["sync_mean_us"].is_u64());
+    // Both records are in the log, numbered; once flushed they are in the database too.
+    assert!(n(&r.body, "logged_lsn") >= n(&before.body, "logged_lsn") + 2);
+    e.state.store.journal.flush().await.unwrap();
+    let r = e.get("/v1/journal").await;
+    assert_eq!(
+        n(&r.body, "applied_lsn"),
+        n(&r.body, "logged_lsn"),
+        "{}",
+        r.body
+    );
+    assert_eq!(n(&r.body, "backlog"), 0);
     // Admin only.
     let anon = e
         .raw(Request::get("/v1/journal").body(Body::empty()).unwrap())
