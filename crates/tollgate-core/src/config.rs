@@ -234,6 +234,10 @@ pub struct StoreConfig {
     pub idempotency_ttl_secs: u64,
     /// Largest response body kept for replaying an `Idempotency-Key`, bytes.
     pub idempotency_max_body_bytes: usize,
+    /// Charge log records that may wait in memory for the database (the projector's backlog)
+    /// before governed requests are refused with 503 `STORE_UNAVAILABLE` until it catches up;
+    /// 0 for no limit.
+    pub max_backlog_records: u64,
 }
 
 impl Default for StoreConfig {
@@ -246,6 +250,7 @@ impl Default for StoreConfig {
             charge_server_errors: false,
             idempotency_ttl_secs: 24 * 3600,
             idempotency_max_body_bytes: 1024 * 1024,
+            max_backlog_records: 500_000,
         }
     }
 }

@@ -309,6 +309,7 @@ impl Gateway {
                     .retry_after(secs));
             }
         }
+        self.check_backlog(snap)?;
         // Idempotency: buffer the body to fingerprint the request.
         let (parts, body) = req.into_parts();
         let mut body = Some(body);
@@ -484,6 +485,18 @@ impl Gateway {
             currency: &snap.config.server.currency,
         };
         policy::explain(d, gate, plan, now, &remedy)
+    }
+
+    /// Refuse a new charge while the database is more than `store.max_backlog_records` behind
+    /// the charge log (the records in between wait in memory): 503 until it catches up.
+    pub(crate) fn check_backlog(&self, snap: &Snapshot) -> Result<(), Reject> {
+        let limit = snap.config.store.max_backlog_records;
+        if limit > 0 && self.store.journal.backlog() > limit {
+            return Err(Reject::new(ErrorCode::StoreUnavailable)
+                .detail("reason", "ledger_backlog")
+                .retry_after(1));
+        }
+        Ok(())
     }
 
     fn authenticate(&self, req: &Request<Incoming>, now_ms: i64) -> Result<Arc<KeyEntry>, Reject> {

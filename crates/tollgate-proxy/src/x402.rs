@@ -530,6 +530,8 @@ impl Gateway {
         let Some(px) = route.x402.clone() else {
             return Err(Reject::new(ErrorCode::Internal));
         };
+        // Before any payment is verified or settled.
+        self.check_backlog(snap)?;
         let api_key = !route.cfg.public;
         let Some(rt) = self.x402.load_full() else {
             return Err(unavailable(Reason::SettlementUnavailable));

@@ -448,6 +448,11 @@ impl Journal {
         })
     }
 
+    /// Records in the charge log that the database does not have yet.
+    pub fn backlog(&self) -> u64 {
+        self.stats.backlog()
+    }
+
     /// The charge log writer's counters now: records, group commits, sync latency.
     pub fn stats(&self) -> crate::logstats::LogStatsSnapshot {
         self.stats.snapshot()

@@ -43,6 +43,14 @@ impl LogStats {
         self.applied_lsn.store(lsn, Ordering::Relaxed);
     }
 
+    /// Records logged but not applied to the database yet.
+    pub fn backlog(&self) -> u64 {
+        let applied = self.applied_lsn.load(Ordering::Relaxed);
+        self.logged_lsn
+            .load(Ordering::Relaxed)
+            .saturating_sub(applied)
+    }
+
     /// One `fdatasync` took `took`.
     pub fn record_sync(&self, took: Duration) {
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);

@@ -187,3 +187,62 @@ async fn sigterm_drains_in_flight_requests() {
     let status = gw.child.take().unwrap().wait().unwrap();
     assert!(status.success(), "clean exit: {status:?}");
 }
+
+/// While the database cannot keep up (here another connection holds its write lock, so the
+/// projector cannot commit), charges wait in memory up to `store.max_backlog_records`; past
+/// that, governed requests get 503 `STORE_UNAVAILABLE` (reason `ledger_backlog`,
+/// `Retry-After: 1`) and cost nothing; once the database has caught up they pass again, and
+/// every success is charged once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_falls_behind_sheds_load_with_503_and_loses_nothing() {
+    let mock = MockUpstream::start_local().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), mock.addr(), "0.01")
+        .replace("[store]\n", "[store]\nmax_backlog_records = 1\n");
+    let gw = Gw::start(dir, &cfg);
+    let key = gw.consumer("cbl", "payg").await;
+    gw.top_up("cbl", "10.00").await;
+    let blocker = rusqlite::Connection::open(gw.dir.path().join("tollgate.db")).unwrap();
+    blocker.busy_timeout(Duration::from_secs(5)).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let get = || gw.http.get(gw.url("/paid")).bearer_auth(&key).send();
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        let r = get().await.unwrap();
+        statuses.push(r.status().as_u16());
+        if r.status() == 503 {
+            assert_eq!(r.headers()["retry-after"], "1");
+            let v = json(r).await;
+            assert_eq!(v["code"], "STORE_UNAVAILABLE", "{v}");
+            assert_eq!(v["details"]["reason"], "ledger_backlog", "{v}");
+        }
+    }
+    // Two charges wait for the database (the backlog is then 2, over the limit of 1).
+    assert_eq!(statuses, [200, 200, 503]);
+    let (s, j) = gw.admin(reqwest::Method::GET, "/v1/journal", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(j["backlog"], 2, "{j}");
+    blocker.execute_batch("ROLLBACK").unwrap();
+    let mut caught_up = false;
+    for _ in 0..200 {
+        let (_, j) = gw.admin(reqwest::Method::GET, "/v1/journal", None).await;
+        if j["backlog"] == 0 {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(caught_up, "the database did not catch up");
+    assert_eq!(get().await.unwrap().status(), 200);
+    // Three successes, each charged once; the refused request cost nothing.
+    assert_eq!(gw.consumer_view("cbl").await["balance"], "9.97");
+    let db = gw.db("cbl").await;
+    let charged: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM usage WHERE route = 'paid' AND charged = 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(charged, 3);
+}
