@@ -978,9 +978,8 @@ fn projector_loop(
         let flush =
             !open || ws.last_flush.elapsed() >= FLUSH_EVERY || ws.deltas.len() > FLUSH_MAX_ACCOUNTS;
         let durable = flush || batch.iter().any(|m| matches!(m, Projected::Direct(..)));
-        match project_batch(&mut conn, &mut batch, &mut ws, flush, durable) {
+        match project_batch(&mut conn, &mut batch, &mut ws, flush, durable, stats) {
             Ok(()) => {
-                stats.set_applied(ws.applied_lsn);
                 retired.retain(|(p, last)| {
                     if *last <= ws.folded_lsn {
                         chargelog::remove_segment(p);
@@ -1017,6 +1016,7 @@ fn project_batch(
     ws: &mut WriterState,
     flush: bool,
     durable: bool,
+    stats: &crate::logstats::LogStats,
 ) -> Result<(), StoreError> {
     // `synchronous` applies to the commits that follow; FULL syncs the WAL, and with it every
     // earlier commit of this connection.
@@ -1027,14 +1027,21 @@ fn project_batch(
     let fast = !batch.iter().any(|m| matches!(m, Projected::Direct(..)));
     if fast {
         match apply_batch(conn, batch, ws, flush, durable, false) {
-            Ok(_) => return Ok(()),
+            Ok(_) => {
+                stats.set_applied(ws.applied_lsn);
+                return Ok(());
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "a charge log batch was refused as a whole; applying it record by record");
             }
         }
     }
     let (outcome, results) = match apply_batch(conn, batch, ws, flush, durable, true) {
-        Ok(results) => (Ok(()), results),
+        Ok(results) => {
+            // Before the direct changes' callers hear of it: what they read next is current.
+            stats.set_applied(ws.applied_lsn);
+            (Ok(()), results)
+        }
         Err(e) => (Err(e), Vec::new()),
     };
     for (i, m) in batch.iter_mut().enumerate() {
@@ -1822,7 +1829,15 @@ mod tests {
             .iter()
             .map(|(l, b, r)| Projected::Frame(*l, Arc::clone(b), r.clone()))
             .collect();
-        project_batch(conn, &mut batch, ws, flush, true).unwrap();
+        project_batch(
+            conn,
+            &mut batch,
+            ws,
+            flush,
+            true,
+            &crate::logstats::LogStats::default(),
+        )
+        .unwrap();
     }
 
     fn fresh_state(conn: &Connection) -> WriterState {
