@@ -206,7 +206,7 @@ pub async fn journal_stats(State(st): State<AdminState>) -> Json<JournalStats> {
         sync_histogram,
         logged_lsn: s.logged_lsn,
         applied_lsn: s.applied_lsn,
-        backlog: s.logged_lsn.saturating_sub(s.applied_lsn),
+        backlog: s.backlog(),
     })
 }
 

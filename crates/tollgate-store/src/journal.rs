@@ -426,7 +426,7 @@ impl Journal {
                 let lock = Arc::clone(&lock);
                 let stats = Arc::clone(&stats);
                 move || {
-                    projector_loop(conn, prx, &stats);
+                    projector_loop(conn, prx, stats);
                     drop(lock);
                 }
             })
@@ -649,10 +649,12 @@ impl WalSync {
 struct WriterState {
     deltas: Deltas,
     last_flush: std::time::Instant,
-    /// The highest log sequence number applied to the database.
+    /// The highest log sequence number applied to the database (published in `stats` with
+    /// each commit, before anyone waiting on it is answered).
     applied_lsn: u64,
     /// The highest log sequence number whose totals are durably in `accounts`.
     folded_lsn: u64,
+    stats: Arc<crate::logstats::LogStats>,
 }
 
 const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
@@ -908,7 +910,7 @@ const PROJECT_EVERY: std::time::Duration = std::time::Duration::from_millis(250)
 fn projector_loop(
     mut conn: Connection,
     rx: mpsc::Receiver<Vec<Projected>>,
-    stats: &crate::logstats::LogStats,
+    stats: Arc<crate::logstats::LogStats>,
 ) {
     // The store opened with everything in the database folded in (`replay_log`).
     let folded = accounts_lsn(&conn).unwrap_or(0);
@@ -917,6 +919,7 @@ fn projector_loop(
         last_flush: std::time::Instant::now(),
         applied_lsn: meta_lsn(&conn, "log_lsn").unwrap_or(0).max(folded),
         folded_lsn: folded,
+        stats,
     };
     let mut pending: Vec<Projected> = Vec::new();
     let mut retired: Vec<(std::path::PathBuf, u64)> = Vec::new();
@@ -978,7 +981,7 @@ fn projector_loop(
         let flush =
             !open || ws.last_flush.elapsed() >= FLUSH_EVERY || ws.deltas.len() > FLUSH_MAX_ACCOUNTS;
         let durable = flush || batch.iter().any(|m| matches!(m, Projected::Direct(..)));
-        match project_batch(&mut conn, &mut batch, &mut ws, flush, durable, stats) {
+        match project_batch(&mut conn, &mut batch, &mut ws, flush, durable) {
             Ok(()) => {
                 retired.retain(|(p, last)| {
                     if *last <= ws.folded_lsn {
@@ -1016,7 +1019,6 @@ fn project_batch(
     ws: &mut WriterState,
     flush: bool,
     durable: bool,
-    stats: &crate::logstats::LogStats,
 ) -> Result<(), StoreError> {
     // `synchronous` applies to the commits that follow; FULL syncs the WAL, and with it every
     // earlier commit of this connection.
@@ -1027,21 +1029,14 @@ fn project_batch(
     let fast = !batch.iter().any(|m| matches!(m, Projected::Direct(..)));
     if fast {
         match apply_batch(conn, batch, ws, flush, durable, false) {
-            Ok(_) => {
-                stats.set_applied(ws.applied_lsn);
-                return Ok(());
-            }
+            Ok(_) => return Ok(()),
             Err(e) => {
                 tracing::warn!(error = %e, "a charge log batch was refused as a whole; applying it record by record");
             }
         }
     }
     let (outcome, results) = match apply_batch(conn, batch, ws, flush, durable, true) {
-        Ok(results) => {
-            // Before the direct changes' callers hear of it: what they read next is current.
-            stats.set_applied(ws.applied_lsn);
-            (Ok(()), results)
-        }
+        Ok(results) => (Ok(()), results),
         Err(e) => (Err(e), Vec::new()),
     };
     for (i, m) in batch.iter_mut().enumerate() {
@@ -1148,6 +1143,7 @@ fn apply_batch(
     }
     tx.commit()?;
     ws.applied_lsn = applied;
+    ws.stats.set_applied(applied);
     if flush {
         ws.deltas.clear();
         ws.last_flush = std::time::Instant::now();
@@ -1829,15 +1825,7 @@ mod tests {
             .iter()
             .map(|(l, b, r)| Projected::Frame(*l, Arc::clone(b), r.clone()))
             .collect();
-        project_batch(
-            conn,
-            &mut batch,
-            ws,
-            flush,
-            true,
-            &crate::logstats::LogStats::default(),
-        )
-        .unwrap();
+        project_batch(conn, &mut batch, ws, flush, true).unwrap();
     }
 
     fn fresh_state(conn: &Connection) -> WriterState {
@@ -1846,6 +1834,7 @@ mod tests {
             last_flush: std::time::Instant::now(),
             applied_lsn: meta_lsn(conn, "log_lsn").unwrap(),
             folded_lsn: accounts_lsn(conn).unwrap(),
+            stats: Arc::default(),
         }
     }
 
@@ -1945,8 +1934,7 @@ mod tests {
         let seg = segs[0].clone();
         let conn = open_connection(&path, false).unwrap();
         let (tx, rx) = mpsc::channel();
-        let projector =
-            thread::spawn(move || projector_loop(conn, rx, &crate::logstats::LogStats::default()));
+        let projector = thread::spawn(move || projector_loop(conn, rx, Arc::default()));
         let mut batch: Vec<Projected> = frames
             .iter()
             .map(|(l, b, r)| Projected::Frame(*l, Arc::clone(b), r.clone()))

@@ -103,6 +103,11 @@ pub struct LogStatsSnapshot {
 }
 
 impl LogStatsSnapshot {
+    /// Records logged but not applied to the database yet, as of this snapshot.
+    pub fn backlog(&self) -> u64 {
+        self.logged_lsn.saturating_sub(self.applied_lsn)
+    }
+
     /// The upper bound of the bucket holding the `q`-quantile sync (`0 < q <= 1`): that share
     /// of the syncs took at most this many microseconds. `None` with no syncs, or when the
     /// quantile falls in the open last bucket.
