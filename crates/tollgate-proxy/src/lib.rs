@@ -4,6 +4,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod body;
+pub mod connpool;
 pub mod pipeline;
 pub mod policy;
 pub mod ratelimit;

@@ -15,6 +15,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
+
+use crate::connpool::UpstreamBody;
 use sha2::{Digest, Sha256};
 
 use tollgate_core::config::{Durability, Overage};
@@ -543,7 +545,7 @@ impl Gateway {
         up: &Upstream,
         who: Option<(&str, &str, &str)>,
         host: Option<&str>,
-    ) -> Result<Response<Incoming>, Reject> {
+    ) -> Result<Response<UpstreamBody>, Reject> {
         let attempts = if body.replayable() {
             up.targets.len().min(2)
         } else {
@@ -567,7 +569,9 @@ impl Gateway {
             };
             let mut out = Request::new(b);
             *out.method_mut() = parts.method.clone();
-            *out.uri_mut() = uri;
+            // HTTP/1.1 to an origin server: the request line carries the origin form (path and
+            // query); the target's authority goes in `Host`.
+            *out.uri_mut() = origin_form(&uri);
             *out.headers_mut() = upstream_headers(
                 parts,
                 remote,
@@ -577,7 +581,13 @@ impl Gateway {
                 host,
                 &up.targets[idx].authority,
             );
-            let res = tokio::time::timeout(up.request_timeout, up.client().request(out)).await;
+            let target = &up.targets[idx];
+            let res = tokio::time::timeout(
+                up.request_timeout,
+                up.pool(idx)
+                    .send(&target.authority, up.connect_timeout, out),
+            )
+            .await;
             match res {
                 Ok(Ok(resp)) => {
                     up.report(idx, !resp.status().is_server_error(), now_ms);
@@ -803,6 +813,7 @@ impl Gateway {
             .boxed();
         }
         let mut r = Response::from_parts(head, body);
+        r.headers_mut().reserve(headers_out.len() + 1);
         for (k, v) in headers_out {
             r.headers_mut().insert(k, v);
         }
@@ -900,28 +911,51 @@ fn upstream_headers(
     host: Option<&str>,
     authority: &http::uri::Authority,
 ) -> HeaderMap {
-    let mut h = parts.headers.clone();
-    strip_hop_by_hop(&mut h);
-    let ours: Vec<HeaderName> = h
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-tollgate-"))
-        .cloned()
-        .collect();
-    for k in ours {
-        h.remove(k);
+    let src = &parts.headers;
+    // Names the client's `Connection` header lists are hop-by-hop too.
+    let listed: Vec<HeaderName> = if src.contains_key(header::CONNECTION) {
+        src.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let keep_credentials = route.cfg.public;
+    // Built in one pass, with room for what is added below, rather than cloned and then
+    // trimmed: a clone has the client's capacity, so the headers added after it made the map
+    // grow and rehash on every request.
+    let mut h = HeaderMap::with_capacity(src.len() + 10);
+    for (k, v) in src {
+        let dropped = HOP_BY_HOP.contains(k)
+            || listed.contains(k)
+            || k.as_str().starts_with("x-tollgate-")
+            || (!keep_credentials && (k == header::AUTHORIZATION || k == X_API_KEY))
+            || k == IDEMPOTENCY_KEY
+            || k == crate::x402::PAYMENT_SIGNATURE
+            || k == crate::x402::X_PAYMENT
+            // Replaced below.
+            || k == XFF
+            || k == FORWARDED
+            || k == XFP
+            || k == header::HOST
+            || k == X_REQUEST_ID;
+        if !dropped {
+            h.append(k.clone(), v.clone());
+        }
     }
-    if !route.cfg.public {
-        h.remove(header::AUTHORIZATION);
-        h.remove(&X_API_KEY);
-    }
-    h.remove(&IDEMPOTENCY_KEY);
-    h.remove(&crate::x402::PAYMENT_SIGNATURE);
-    h.remove(&crate::x402::X_PAYMENT);
+    let kept = |n: &HeaderName| !HOP_BY_HOP.contains(n) && !listed.contains(n);
     let (xff, fwd) = forwarding(
         remote,
         host,
-        h.get(&XFF).and_then(|v| v.to_str().ok()),
-        h.get(&FORWARDED).and_then(|v| v.to_str().ok()),
+        src.get(&XFF)
+            .filter(|_| kept(&XFF))
+            .and_then(|v| v.to_str().ok()),
+        src.get(&FORWARDED)
+            .filter(|_| kept(&FORWARDED))
+            .and_then(|v| v.to_str().ok()),
     );
     if let Some(v) = xff {
         h.insert(XFF.clone(), v);
@@ -930,7 +964,7 @@ fn upstream_headers(
     if let Some(v) = fwd {
         h.insert(FORWARDED.clone(), v);
     }
-    if let Some(orig) = parts.headers.get(header::HOST) {
+    if let Some(orig) = src.get(header::HOST) {
         h.insert(XFH.clone(), orig.clone());
     }
     if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
@@ -1071,6 +1105,15 @@ pub(crate) fn replay(stored: &StoredResponse) -> Response<Body> {
         );
     }
     r
+}
+
+/// `uri`'s path and query alone (`/` when it has none).
+fn origin_form(uri: &Uri) -> Uri {
+    let pq = uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+    Uri::from(pq)
 }
 
 fn uri_for(up: &Upstream, idx: usize, route: &Route, orig: &Uri) -> Result<Uri, Reject> {

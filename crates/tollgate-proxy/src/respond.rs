@@ -19,7 +19,7 @@ pub fn full(b: impl Into<Bytes>) -> Body {
 }
 
 /// An upstream response body, streamed on as the gateway's body type.
-pub fn streamed(b: hyper::body::Incoming) -> Body {
+pub fn streamed(b: crate::connpool::UpstreamBody) -> Body {
     b.map_err(|e| Box::new(e) as BoxError).boxed()
 }
 

@@ -9,13 +9,9 @@ use std::time::Duration;
 use chrono_tz::Tz;
 use http::{Method, Uri};
 
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-
 use tollgate_core::config::{Config, Overage, PlanConfig, RateLimitConfig, RouteConfig};
 
-use crate::respond::Body;
+use crate::connpool::ConnPool;
 use tollgate_core::Money;
 
 /// One upstream target with its passive health state.
@@ -43,15 +39,18 @@ pub struct Upstream {
     pub request_timeout: Duration,
     failure_threshold: u32,
     cooldown_ms: i64,
-    /// Keep-alive connection pools to the targets, one per proxy worker, so an upstream
-    /// connection is driven by the thread whose requests use it.
-    clients: Box<[Client<HttpConnector, Body>]>,
+    /// Keep-alive connections, one pool per proxy worker and target (worker-major), so an
+    /// upstream connection is driven by the thread whose requests use it.
+    pools: Box<[Arc<ConnPool>]>,
 }
 
 impl Upstream {
-    /// This worker's connection pool ([`crate::server::worker_index`]).
-    pub fn client(&self) -> &Client<HttpConnector, Body> {
-        &self.clients[crate::server::worker_index() % self.clients.len()]
+    /// This worker's ([`crate::server::worker_index`]) connections to target `idx`.
+    pub fn pool(&self, idx: usize) -> &Arc<ConnPool> {
+        let n = self.targets.len().max(1);
+        let workers = (self.pools.len() / n).max(1);
+        let w = crate::server::worker_index() % workers;
+        &self.pools[(w * n + idx.min(n - 1)) % self.pools.len()]
     }
 
     /// Pick the next healthy target (or, when all are cooling down, the next one anyway).
@@ -193,20 +192,11 @@ fn compile_upstream(
             skip_until_ms: AtomicI64::new(0),
         });
     }
-    let mut conn = HttpConnector::new();
-    conn.set_nodelay(true);
-    conn.set_connect_timeout(Some(Duration::from_millis(u.connect_timeout_ms)));
-    conn.set_keepalive(Some(Duration::from_secs(60)));
-    let clients = (0..workers.max(1))
-        .map(|_| {
-            Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(90))
-                .pool_max_idle_per_host(1024)
-                .build(conn.clone())
-        })
+    let pools = (0..workers.max(1) * targets.len().max(1))
+        .map(|_| Arc::new(ConnPool::default()))
         .collect();
     Ok(Upstream {
-        clients,
+        pools,
         name: u.name.clone(),
         targets,
         next: AtomicUsize::new(0),

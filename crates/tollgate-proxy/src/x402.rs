@@ -635,7 +635,7 @@ impl Gateway {
         rid: &str,
         route: &Route,
         host: Option<&str>,
-    ) -> Result<(Response<Incoming>, Paid), Reject> {
+    ) -> Result<(Response<crate::connpool::UpstreamBody>, Paid), Reject> {
         let verified = job.verified.clone();
         let mut outcome = rt.gate.settle(&px.priced, resource, job).await;
         if let GateOutcome::Pending {
@@ -697,7 +697,7 @@ impl Gateway {
         rid: &str,
         route: &Route,
         host: Option<&str>,
-    ) -> Result<(Response<Incoming>, Paid), Reject> {
+    ) -> Result<(Response<crate::connpool::UpstreamBody>, Paid), Reject> {
         let api_key = !route.cfg.public;
         let v = job.verified.clone();
         let version = job.payload.version();
@@ -875,7 +875,7 @@ impl Gateway {
     #[allow(clippy::too_many_arguments)]
     async fn x402_finish(
         &self,
-        resp: Response<Incoming>,
+        resp: Response<crate::connpool::UpstreamBody>,
         paid: Paid,
         guard: Option<(IdemGuard, String)>,
         rid: &str,
