@@ -305,14 +305,18 @@ mod tests {
 
     const T: Duration = Duration::from_secs(5);
 
+    /// GET through `pool` and read the body to its end.
+    async fn fetch(pool: &Arc<ConnPool>, auth: &http::uri::Authority) -> Bytes {
+        let resp = pool.send(auth, T, get(auth)).await.unwrap();
+        resp.into_body().collect().await.unwrap().to_bytes()
+    }
+
     #[tokio::test]
     async fn a_connection_is_reused_once_its_response_body_was_read() {
         let (auth, accepted) = server("hello", true).await;
         let pool = Arc::new(ConnPool::default());
         for _ in 0..5 {
-            let resp = pool.send(&auth, T, get(&auth)).await.unwrap();
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(&body[..], b"hello");
+            assert_eq!(&fetch(&pool, &auth).await[..], b"hello");
             assert_eq!(pool.idle_count(), 1);
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
@@ -325,9 +329,7 @@ mod tests {
         let resp = pool.send(&auth, T, get(&auth)).await.unwrap();
         drop(resp);
         assert_eq!(pool.idle_count(), 0);
-        let resp = pool.send(&auth, T, get(&auth)).await.unwrap();
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(&body[..], b"a longer body");
+        assert_eq!(&fetch(&pool, &auth).await[..], b"a longer body");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
         assert_eq!(pool.idle_count(), 1);
     }
@@ -337,9 +339,7 @@ mod tests {
         let (auth, accepted) = server("once", false).await;
         let pool = Arc::new(ConnPool::default());
         for _ in 0..4 {
-            let resp = pool.send(&auth, T, get(&auth)).await.unwrap();
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(&body[..], b"once");
+            assert_eq!(&fetch(&pool, &auth).await[..], b"once");
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 4);
     }
@@ -351,10 +351,7 @@ mod tests {
         let calls = (0..8).map(|_| {
             let pool = Arc::clone(&pool);
             let auth = auth.clone();
-            async move {
-                let resp = pool.send(&auth, T, get(&auth)).await.unwrap();
-                resp.into_body().collect().await.unwrap().to_bytes()
-            }
+            async move { fetch(&pool, &auth).await }
         });
         let bodies = futures_util::future::join_all(calls).await;
         assert!(bodies.iter().all(|b| &b[..] == b"c"));
@@ -363,8 +360,7 @@ mod tests {
         assert_eq!(pool.idle_count(), opened);
         // Sequential requests now reuse them: no new connection.
         for _ in 0..5 {
-            let resp = pool.send(&auth, T, get(&auth)).await.unwrap();
-            resp.into_body().collect().await.unwrap();
+            fetch(&pool, &auth).await;
         }
         assert_eq!(accepted.load(Ordering::SeqCst), opened);
     }
