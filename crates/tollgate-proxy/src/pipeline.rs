@@ -569,9 +569,7 @@ impl Gateway {
             };
             let mut out = Request::new(b);
             *out.method_mut() = parts.method.clone();
-            // HTTP/1.1 to an origin server: the request line carries the origin form (path and
-            // query); the target's authority goes in `Host`.
-            *out.uri_mut() = origin_form(&uri);
+            *out.uri_mut() = uri;
             *out.headers_mut() = upstream_headers(
                 parts,
                 remote,
@@ -1107,31 +1105,22 @@ pub(crate) fn replay(stored: &StoredResponse) -> Response<Body> {
     r
 }
 
-/// `uri`'s path and query alone (`/` when it has none).
-fn origin_form(uri: &Uri) -> Uri {
-    let pq = uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-    Uri::from(pq)
-}
-
+/// The request target sent to target `idx` of `up` (HTTP/1.1 origin form: path and query; the
+/// target's authority goes in `Host`): the target's base path, then the client's path (without
+/// the route's prefix when it strips it) and query.
 fn uri_for(up: &Upstream, idx: usize, route: &Route, orig: &Uri) -> Result<Uri, Reject> {
     let t = &up.targets[idx.min(up.targets.len().saturating_sub(1))];
     let base_path = t.base.path().trim_end_matches('/');
+    let client_pq = orig.path_and_query();
     if !route.cfg.strip_prefix && base_path.is_empty() {
         // The common case: the client's path and query as they are (no copy, no parse).
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(t.base.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP));
-        parts.authority = Some(t.authority.clone());
-        parts.path_and_query = Some(
-            orig.path_and_query()
+        return Ok(Uri::from(
+            client_pq
                 .cloned()
                 .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
-        );
-        return Uri::from_parts(parts).map_err(|_| invalid_target());
+        ));
     }
-    let pq = orig.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let pq = client_pq.map(|p| p.as_str()).unwrap_or("/");
     let pq = if route.cfg.strip_prefix {
         let prefix = route.cfg.path_prefix.trim_end_matches('/');
         let rest = pq.strip_prefix(prefix).unwrap_or(pq);
@@ -1143,8 +1132,7 @@ fn uri_for(up: &Upstream, idx: usize, route: &Route, orig: &Uri) -> Result<Uri, 
     } else {
         pq.to_string()
     };
-    let scheme = t.base.scheme_str().unwrap_or("http");
-    format!("{scheme}://{}{base_path}{pq}", t.authority)
+    format!("{base_path}{pq}")
         .parse()
         .map_err(|_| invalid_target())
 }
@@ -1209,6 +1197,47 @@ mod tests {
             text(forwarding(v4, Some("api.example"), None, None)).0,
             "10.1.2.3"
         );
+    }
+
+    #[test]
+    fn the_upstream_request_target_is_origin_form_with_base_path_and_stripped_prefix() {
+        let cfg = tollgate_core::config::Config::from_toml(
+            r#"
+[[upstreams]]
+name = "plain"
+targets = ["http://127.0.0.1:1"]
+[[upstreams]]
+name = "based"
+targets = ["http://127.0.0.1:2/base/"]
+[[routes]]
+id = "keep"
+path_prefix = "/api"
+upstream = "plain"
+[[routes]]
+id = "strip"
+path_prefix = "/s/"
+strip_prefix = true
+upstream = "plain"
+[[routes]]
+id = "based"
+path_prefix = "/b"
+strip_prefix = true
+upstream = "based"
+"#,
+        )
+        .unwrap();
+        let snap = Snapshot::compile(Arc::new(cfg)).unwrap();
+        let target = |path: &str| {
+            let uri: Uri = path.parse().unwrap();
+            let route = snap.route(None, uri.path(), &http::Method::GET).unwrap();
+            uri_for(&route.upstream, 0, route, &uri).unwrap().to_string()
+        };
+        assert_eq!(target("/api/v1/x?q=1"), "/api/v1/x?q=1");
+        assert_eq!(target("/s/v1/x?q=1"), "/v1/x?q=1");
+        assert_eq!(target("/s"), "/");
+        assert_eq!(target("/s?q=1"), "/?q=1");
+        assert_eq!(target("/b/x?q=1"), "/base/x?q=1");
+        assert_eq!(target("/b"), "/base/");
     }
 
     #[test]
