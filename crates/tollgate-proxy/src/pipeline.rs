@@ -1230,7 +1230,9 @@ upstream = "based"
         let target = |path: &str| {
             let uri: Uri = path.parse().unwrap();
             let route = snap.route(None, uri.path(), &http::Method::GET).unwrap();
-            uri_for(&route.upstream, 0, route, &uri).unwrap().to_string()
+            uri_for(&route.upstream, 0, route, &uri)
+                .unwrap()
+                .to_string()
         };
         assert_eq!(target("/api/v1/x?q=1"), "/api/v1/x?q=1");
         assert_eq!(target("/s/v1/x?q=1"), "/v1/x?q=1");
