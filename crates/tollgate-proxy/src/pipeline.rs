@@ -30,7 +30,7 @@ use crate::body::{limited, replay_body};
 use crate::policy::{self, Remedy};
 use crate::ratelimit;
 use crate::respond::{full, Body, Reject};
-use crate::snapshot::{Route, Snapshot, Upstream};
+use crate::snapshot::{Route, Snapshot, Target, Upstream};
 
 /// Shared state of the proxy.
 pub struct Gateway {
@@ -79,19 +79,22 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
     if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
         return;
     }
-    let listed: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in listed {
+    for n in connection_listed(h) {
         h.remove(n);
     }
     for n in &HOP_BY_HOP {
         h.remove(n);
     }
+}
+
+/// The header names a `Connection` header of `h` lists (hop-by-hop as well).
+fn connection_listed(h: &HeaderMap) -> Vec<HeaderName> {
+    h.get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect()
 }
 
 /// `prefix` then `n` as ten or more lower-case hex digits: the text of `{prefix}{n:010x}`,
@@ -556,7 +559,8 @@ impl Gateway {
         for attempt in 0..attempts {
             let now_ms = self.store.clock().now_ms();
             let idx = up.pick(now_ms);
-            let uri = uri_for(up, idx, route, &parts.uri)?;
+            let target = &up.targets[idx];
+            let uri = uri_for(target, route, &parts.uri)?;
             let b = match body.take() {
                 Some(ForwardBody::Full(bytes)) => {
                     if attempt + 1 < attempts {
@@ -570,16 +574,8 @@ impl Gateway {
             let mut out = Request::new(b);
             *out.method_mut() = parts.method.clone();
             *out.uri_mut() = uri;
-            *out.headers_mut() = upstream_headers(
-                parts,
-                remote,
-                rid,
-                route,
-                who,
-                host,
-                &up.targets[idx].authority,
-            );
-            let target = &up.targets[idx];
+            *out.headers_mut() =
+                upstream_headers(parts, remote, rid, route, who, host, &target.authority);
             let res = tokio::time::timeout(
                 up.request_timeout,
                 up.pool(idx)
@@ -910,25 +906,15 @@ fn upstream_headers(
     authority: &http::uri::Authority,
 ) -> HeaderMap {
     let src = &parts.headers;
-    // Names the client's `Connection` header lists are hop-by-hop too.
-    let listed: Vec<HeaderName> = if src.contains_key(header::CONNECTION) {
-        src.get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let listed = connection_listed(src);
+    let hop_by_hop = |k: &HeaderName| HOP_BY_HOP.contains(k) || listed.contains(k);
     let keep_credentials = route.cfg.public;
     // Built in one pass, with room for what is added below, rather than cloned and then
     // trimmed: a clone has the client's capacity, so the headers added after it made the map
     // grow and rehash on every request.
     let mut h = HeaderMap::with_capacity(src.len() + 10);
     for (k, v) in src {
-        let dropped = HOP_BY_HOP.contains(k)
-            || listed.contains(k)
+        let dropped = hop_by_hop(k)
             || k.as_str().starts_with("x-tollgate-")
             || (!keep_credentials && (k == header::AUTHORIZATION || k == X_API_KEY))
             || k == IDEMPOTENCY_KEY
@@ -944,15 +930,14 @@ fn upstream_headers(
             h.append(k.clone(), v.clone());
         }
     }
-    let kept = |n: &HeaderName| !HOP_BY_HOP.contains(n) && !listed.contains(n);
     let (xff, fwd) = forwarding(
         remote,
         host,
         src.get(&XFF)
-            .filter(|_| kept(&XFF))
+            .filter(|_| !hop_by_hop(&XFF))
             .and_then(|v| v.to_str().ok()),
         src.get(&FORWARDED)
-            .filter(|_| kept(&FORWARDED))
+            .filter(|_| !hop_by_hop(&FORWARDED))
             .and_then(|v| v.to_str().ok()),
     );
     if let Some(v) = xff {
@@ -1105,11 +1090,10 @@ pub(crate) fn replay(stored: &StoredResponse) -> Response<Body> {
     r
 }
 
-/// The request target sent to target `idx` of `up` (HTTP/1.1 origin form: path and query; the
+/// The request target sent to `t` (HTTP/1.1 origin form: path and query; the
 /// target's authority goes in `Host`): the target's base path, then the client's path (without
 /// the route's prefix when it strips it) and query.
-fn uri_for(up: &Upstream, idx: usize, route: &Route, orig: &Uri) -> Result<Uri, Reject> {
-    let t = &up.targets[idx.min(up.targets.len().saturating_sub(1))];
+fn uri_for(t: &Target, route: &Route, orig: &Uri) -> Result<Uri, Reject> {
     let base_path = t.base.path().trim_end_matches('/');
     let client_pq = orig.path_and_query();
     if !route.cfg.strip_prefix && base_path.is_empty() {
@@ -1230,7 +1214,7 @@ upstream = "based"
         let target = |path: &str| {
             let uri: Uri = path.parse().unwrap();
             let route = snap.route(None, uri.path(), &http::Method::GET).unwrap();
-            uri_for(&route.upstream, 0, route, &uri)
+            uri_for(&route.upstream.targets[0], route, &uri)
                 .unwrap()
                 .to_string()
         };

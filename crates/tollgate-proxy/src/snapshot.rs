@@ -39,18 +39,15 @@ pub struct Upstream {
     pub request_timeout: Duration,
     failure_threshold: u32,
     cooldown_ms: i64,
-    /// Keep-alive connections, one pool per proxy worker and target (worker-major), so an
-    /// upstream connection is driven by the thread whose requests use it.
-    pools: Box<[Arc<ConnPool>]>,
+    /// Keep-alive connections: per proxy worker, one pool per target, so an upstream
+    /// connection is driven by the thread whose requests use it.
+    pools: Box<[Box<[Arc<ConnPool>]>]>,
 }
 
 impl Upstream {
     /// This worker's ([`crate::server::worker_index`]) connections to target `idx`.
     pub fn pool(&self, idx: usize) -> &Arc<ConnPool> {
-        let n = self.targets.len().max(1);
-        let workers = (self.pools.len() / n).max(1);
-        let w = crate::server::worker_index() % workers;
-        &self.pools[(w * n + idx.min(n - 1)) % self.pools.len()]
+        &self.pools[crate::server::worker_index() % self.pools.len()][idx]
     }
 
     /// Pick the next healthy target (or, when all are cooling down, the next one anyway).
@@ -192,8 +189,8 @@ fn compile_upstream(
             skip_until_ms: AtomicI64::new(0),
         });
     }
-    let pools = (0..workers.max(1) * targets.len().max(1))
-        .map(|_| Arc::new(ConnPool::default()))
+    let pools = (0..workers.max(1))
+        .map(|_| targets.iter().map(|_| Arc::default()).collect())
         .collect();
     Ok(Upstream {
         pools,
