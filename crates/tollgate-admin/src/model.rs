@@ -757,7 +757,7 @@ pub struct JournalStats {
     /// statements read from there).
     pub applied_lsn: u64,
     /// Records logged but not applied yet (`logged_lsn - applied_lsn`): held in memory until
-    /// the projector commits them, normally at most a quarter of a second's worth. A backlog
+    /// the projector commits them, normally at most about a second's worth. A backlog
     /// that keeps growing means the database cannot keep up with the traffic.
     pub backlog: u64,
 }

@@ -402,6 +402,7 @@ impl Journal {
         lock: Arc<DbLock>,
     ) -> Result<Journal, StoreError> {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.pragma_update(None, "cache_size", -PROJECTOR_CACHE_KIB)?;
         let log = chargelog::LogWriter::create(&chargelog::dir_for(db_path), next_lsn)?;
         let stats = log.stats();
         // `replay_log` applied everything the log held.
@@ -809,7 +810,7 @@ fn log_loop(
         }
         // Every logged record goes on to the projector as its frame in a copy of this batch's
         // frames, exactly their size (`buf` is reused): the copy lives until the projector has
-        // applied the batch (a quarter of a second, more when it lags), and with the 64 KiB
+        // applied the batch (about a second, more when it lags), and with the 64 KiB
         // of capacity a batch's buffer used to keep, 2,000+ batches a second of ~4 KB held
         // 64 KiB apiece. Measured: VmRSS after 3 s of governed load with 1,000,000 keys
         // 374-396 MiB then (6 runs), 359-365 MiB (4 runs) with exact-size buffers; CPU per
@@ -900,8 +901,25 @@ const PROJECT_MAX: usize = 32_768;
 /// How long logged records may wait before they are applied (queries and admin changes do not
 /// wait for it: they flush). Longer transactions write each B-tree page to the WAL fewer times:
 /// 250 ms against 50 ms took the projector from 4.2-4.5 to 3.9-4.3 us of CPU per request at
-/// governed saturation.
-const PROJECT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// governed saturation. The two indexes by consumer (`usage_consumer_time`,
+/// `entries_balance_debit`) take their inserts at random places, so a transaction dirties
+/// nearly every leaf page of both whatever its length: 1 s against 250 ms (with
+/// [`PROJECTOR_CACHE_KIB`]) took the disk writes per request at governed saturation from 2,661
+/// to 1,708 bytes (projector 1,444 -> 704, checkpointer 492 -> 270), the projector's and the
+/// checkpointer's CPU from 6.48 + 0.58 to 6.15 + 0.25 us per request and req/s from 37,334 to
+/// 39,158 (`bench/ab`, 3 rounds of 8 s, 2-core Xeon VM); at 5,000 req/s p99 1.83 / 1.91 ms
+/// and p99.9 26.5 / 12.5 ms (3 rounds of 10 s: inside that lane's spread). Over 60 s of
+/// saturation the indexes outgrow any cache and each random insert reads its page: the
+/// projector's CPU per request climbs (11.55 us then, 13.09 with this setting), disk bytes per
+/// request 7,136 -> 3,796, checkpointer 2.00 -> 1.06 us, req/s 31,742 -> 33,966.
+const PROJECT_EVERY: std::time::Duration = std::time::Duration::from_millis(1000);
+
+/// The projector connection's page cache (SQLite's default is 2 MiB: 128 of its 16 KiB
+/// pages). A second's transaction dirties more pages than that, and a page pushed out of the
+/// cache mid-transaction is written to the WAL then, and again if it changes again; 16 MiB
+/// keeps a transaction's pages at the table sizes of a day's traffic of a busy gateway
+/// (bounded: at most this much more resident memory).
+const PROJECTOR_CACHE_KIB: i64 = 16 * 1024;
 
 /// The projector: applies the log to SQLite in large transactions (one every
 /// [`PROJECT_EVERY`], or at once when a caller waits on a direct change), records in
