@@ -287,6 +287,20 @@ impl<'a> Rd<'a> {
     }
 }
 
+/// The consumer a charge record's payload is for, read without decoding the rest; `None` for
+/// any other record or one too short to say.
+pub(crate) fn charge_consumer(p: &[u8]) -> Option<i64> {
+    let mut r = Rd { b: p };
+    r.u64().ok()?;
+    if r.u8().ok()? != TAG_CHARGE {
+        return None;
+    }
+    r.bytes().ok()?;
+    r.bytes().ok()?;
+    r.i64().ok()?;
+    r.i64().ok()
+}
+
 /// Decode one record payload (after its frame) into `(lsn, record)`.
 pub fn decode_payload(p: &[u8]) -> Result<(u64, Record), Damaged> {
     let mut r = Rd { b: p };
