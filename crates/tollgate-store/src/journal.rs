@@ -902,23 +902,24 @@ const PROJECT_MAX: usize = 32_768;
 /// wait for it: they flush). Longer transactions write each B-tree page to the WAL fewer times:
 /// 250 ms against 50 ms took the projector from 4.2-4.5 to 3.9-4.3 us of CPU per request at
 /// governed saturation. The two indexes by consumer (`usage_consumer_time`,
-/// `entries_balance_debit`) take their inserts at random places, so a transaction dirties
-/// nearly every leaf page of both whatever its length: 1 s against 250 ms (with
-/// [`PROJECTOR_CACHE_KIB`]) took the disk writes per request at governed saturation from 2,661
-/// to 1,708 bytes (projector 1,444 -> 704, checkpointer 492 -> 270), the projector's and the
-/// checkpointer's CPU from 6.48 + 0.58 to 6.15 + 0.25 us per request and req/s from 37,334 to
-/// 39,158 (`bench/ab`, 3 rounds of 8 s, 2-core Xeon VM); at 5,000 req/s p99 1.83 / 1.91 ms
-/// and p99.9 26.5 / 12.5 ms (3 rounds of 10 s: inside that lane's spread). Over 60 s of
-/// saturation the indexes outgrow any cache and each random insert reads its page: the
-/// projector's CPU per request climbs (11.55 us then, 13.09 with this setting), disk bytes per
-/// request 7,136 -> 3,796, checkpointer 2.00 -> 1.06 us, req/s 31,742 -> 33,966.
+/// `entries_balance_debit`) get a row at the end of each active consumer's range, so a
+/// transaction dirties about one of their pages per consumer whatever its length. Measured
+/// before [`apply_order`] (inserts at random places), 1 s against 250 ms, with
+/// [`PROJECTOR_CACHE_KIB`]: disk writes per request at governed saturation 2,661 -> 1,708
+/// bytes (projector 1,444 -> 704, checkpointer 492 -> 270), the projector's and the
+/// checkpointer's CPU 6.48 + 0.58 -> 6.15 + 0.25 us per request, req/s 37,334 -> 39,158
+/// (`bench/ab`, 3 rounds of 8 s, 2-core Xeon VM); over 60 s 7,136 -> 3,796 bytes and 31,742 ->
+/// 33,966 req/s (projector 11.55 -> 13.09 us, checkpointer 2.00 -> 1.06); at 5,000 req/s p99
+/// 1.83 / 1.91 ms and p99.9 26.5 / 12.5 ms (3 rounds of 10 s: inside that lane's spread).
+/// 2 s against 1 s (with consumer order, 60 s): 2,150 -> 1,207 bytes and projector 8.58 ->
+/// 7.72 us per request, but p99 at 5,000 req/s 1.75 -> 2.06 ms (longer projector bursts).
 const PROJECT_EVERY: std::time::Duration = std::time::Duration::from_millis(1000);
 
 /// The projector connection's page cache (SQLite's default is 2 MiB: 128 of its 16 KiB
-/// pages). A second's transaction dirties more pages than that, and a page pushed out of the
-/// cache mid-transaction is written to the WAL then, and again if it changes again; 16 MiB
-/// keeps a transaction's pages at the table sizes of a day's traffic of a busy gateway
-/// (bounded: at most this much more resident memory).
+/// pages). A page pushed out of the cache in the middle of a transaction is written to the
+/// WAL then, and again at commit if the transaction changes it again; 1,024 pages hold the
+/// pages a second's transaction keeps coming back to (the tables' last pages, the upper
+/// levels of the indexes). At most this much more resident memory.
 const PROJECTOR_CACHE_KIB: i64 = 16 * 1024;
 
 /// The projector: applies the log to SQLite in large transactions (one every
