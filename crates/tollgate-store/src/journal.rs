@@ -402,7 +402,6 @@ impl Journal {
         lock: Arc<DbLock>,
     ) -> Result<Journal, StoreError> {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        conn.pragma_update(None, "cache_size", -PROJECTOR_CACHE_KIB)?;
         let log = chargelog::LogWriter::create(&chargelog::dir_for(db_path), next_lsn)?;
         let stats = log.stats();
         // `replay_log` applied everything the log held.
@@ -903,24 +902,16 @@ const PROJECT_MAX: usize = 32_768;
 /// 250 ms against 50 ms took the projector from 4.2-4.5 to 3.9-4.3 us of CPU per request at
 /// governed saturation. The two indexes by consumer (`usage_consumer_time`,
 /// `entries_balance_debit`) get a row at the end of each active consumer's range, so a
-/// transaction dirties about one of their pages per consumer whatever its length. Measured
-/// before [`apply_order`] (inserts at random places), 1 s against 250 ms, with
-/// [`PROJECTOR_CACHE_KIB`]: disk writes per request at governed saturation 2,661 -> 1,708
-/// bytes (projector 1,444 -> 704, checkpointer 492 -> 270), the projector's and the
-/// checkpointer's CPU 6.48 + 0.58 -> 6.15 + 0.25 us per request, req/s 37,334 -> 39,158
-/// (`bench/ab`, 3 rounds of 8 s, 2-core Xeon VM); over 60 s 7,136 -> 3,796 bytes and 31,742 ->
-/// 33,966 req/s (projector 11.55 -> 13.09 us, checkpointer 2.00 -> 1.06); at 5,000 req/s p99
-/// 1.83 / 1.91 ms and p99.9 26.5 / 12.5 ms (3 rounds of 10 s: inside that lane's spread).
-/// 2 s against 1 s (with consumer order, 60 s): 2,150 -> 1,207 bytes and projector 8.58 ->
-/// 7.72 us per request, but p99 at 5,000 req/s 1.75 -> 2.06 ms (longer projector bursts).
+/// transaction dirties about one of their pages per consumer whatever its length. 1 s (with
+/// [`apply_order`]) against 250 ms (without), `bench/ab` at governed saturation on a 2-core
+/// Xeon VM: 3 rounds of 8 s, projector 6.55 -> 5.52 us of CPU per request, checkpointer 0.50 ->
+/// 0.33, disk bytes written per request 2,658 -> 1,658, req/s 37,867 -> 39,258; 60 s, projector
+/// 11.19 -> 8.19 us, disk bytes 8,263 -> 4,345, req/s 30,469 -> 35,278. 2 s against 1 s
+/// (60 s, both with a 16 MiB cache): 2,150 -> 1,207 bytes and projector 8.58 -> 7.72 us per
+/// request, but p99 at 5,000 req/s 1.75 -> 2.06 ms (longer projector bursts). A 16 MiB page cache for the projector (SQLite's
+/// default is 2 MiB) halved its disk bytes again at the same CPU but held 13-20 MiB more with
+/// 1,000,000 keys (VmRSS after load 385-392 MiB against 372-373 without; 362-369 at 250 ms).
 const PROJECT_EVERY: std::time::Duration = std::time::Duration::from_millis(1000);
-
-/// The projector connection's page cache (SQLite's default is 2 MiB: 128 of its 16 KiB
-/// pages). A page pushed out of the cache in the middle of a transaction is written to the
-/// WAL then, and again at commit if the transaction changes it again; 1,024 pages hold the
-/// pages a second's transaction keeps coming back to (the tables' last pages, the upper
-/// levels of the indexes). At most this much more resident memory.
-const PROJECTOR_CACHE_KIB: i64 = 16 * 1024;
 
 /// The projector: applies the log to SQLite in large transactions (one every
 /// [`PROJECT_EVERY`], or at once when a caller waits on a direct change), records in
