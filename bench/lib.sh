@@ -111,18 +111,23 @@ except ValueError:
     after = {}
 if not before.get("sync_histogram") or not after.get("sync_histogram"):
     print("log \"journal counters unavailable\""); sys.exit(0)
-bounds = [b["le_us"] for b in after["sync_histogram"]]
-delta = [a["count"] - b["count"] for a, b in zip(after["sync_histogram"], before["sync_histogram"])]
-total = sum(delta)
-def q(p):
-    if total == 0: return ""
-    rank, seen = max(1, math.ceil(total * p)), 0
-    for bound, n in zip(bounds, delta):
-        seen += n
-        if seen >= rank: return "" if bound is None else bound
-    return ""
-for k in ("commits", "records", "syncs"):
+def quantiles(key, prefix):
+    a, b = after.get(key) or [], before.get(key) or []
+    bounds = [x["le_us"] for x in a]
+    delta = [x["count"] - y["count"] for x, y in zip(a, b)]
+    total = sum(delta)
+    def q(p):
+        if total == 0: return ""
+        rank, seen = max(1, math.ceil(total * p)), 0
+        for bound, n in zip(bounds, delta):
+            seen += n
+            if seen >= rank: return "" if bound is None else bound
+        return ""
+    print(f"{prefix}p50={q(0.5)}"); print(f"{prefix}p99={q(0.99)}"); print(f"{prefix}p999={q(0.999)}")
+for k in ("commits", "records", "syncs", "waits"):
     print(f"J_{k}={after.get(k, 0) - before.get(k, 0)}")
-print(f"J_p50={q(0.5)}"); print(f"J_p99={q(0.99)}"); print(f"J_p999={q(0.999)}")
+quantiles("sync_histogram", "J_")
+# Per record: the wait from its hand-over until durable (older gateways have no such histogram).
+quantiles("wait_histogram", "J_wait_")
 ' "$2")"
 }

@@ -177,23 +177,24 @@ pub async fn check_ledger(State(st): State<AdminState>) -> ApiResult<Json<Ledger
     Ok(Json(found.into()))
 }
 
-/// The charge log writer's counters since start: records, group commits and the disk's sync
-/// latency (a histogram with fixed bounds, and the bucket bounds of its percentiles); and how
-/// far the database is behind the log.
+/// The charge log writer's counters since start: records, group commits, the disk's sync
+/// latency and each record's wait until durable (histograms with fixed bounds, and the bucket
+/// bounds of their percentiles); and how far the database is behind the log.
 #[utoipa::path(get, path = "/v1/journal", tag = "meta",
     responses((status = 200, description = "Charge log counters", body = JournalStats),
         (status = 401, description = "Missing or wrong admin token", body = ErrorResponse)))]
 pub async fn journal_stats(State(st): State<AdminState>) -> Json<JournalStats> {
     let s = st.store.journal.stats();
-    let sync_histogram = s
-        .buckets
-        .iter()
-        .enumerate()
-        .map(|(i, &count)| SyncBucket {
-            le_us: tollgate_store::SYNC_BUCKETS_US.get(i).copied(),
-            count,
-        })
-        .collect();
+    let histogram = |buckets: &[u64]| -> Vec<SyncBucket> {
+        buckets
+            .iter()
+            .enumerate()
+            .map(|(i, &count)| SyncBucket {
+                le_us: tollgate_store::SYNC_BUCKETS_US.get(i).copied(),
+                count,
+            })
+            .collect()
+    };
     Json(JournalStats {
         durability: st.store.durability.as_str().into(),
         records: s.records,
@@ -203,7 +204,13 @@ pub async fn journal_stats(State(st): State<AdminState>) -> Json<JournalStats> {
         sync_p50_us: s.sync_quantile_us(0.5),
         sync_p99_us: s.sync_quantile_us(0.99),
         sync_p999_us: s.sync_quantile_us(0.999),
-        sync_histogram,
+        sync_histogram: histogram(&s.buckets),
+        waits: s.waits,
+        wait_mean_us: s.wait_us_total.checked_div(s.waits),
+        wait_p50_us: s.wait_quantile_us(0.5),
+        wait_p99_us: s.wait_quantile_us(0.99),
+        wait_p999_us: s.wait_quantile_us(0.999),
+        wait_histogram: histogram(&s.wait_buckets),
         logged_lsn: s.logged_lsn,
         applied_lsn: s.applied_lsn,
         backlog: s.backlog(),

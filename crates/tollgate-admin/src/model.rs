@@ -717,13 +717,13 @@ pub struct X402PaymentQuery {
     pub limit: Option<usize>,
 }
 
-/// One bucket of the charge log's sync latency histogram.
+/// One bucket of a charge log latency histogram (its syncs, or its records' waits).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SyncBucket {
     /// Upper bound of the bucket in microseconds (inclusive); `null` for the last bucket,
-    /// which holds every sync slower than the bounds before it.
+    /// which holds everything slower than the bounds before it.
     pub le_us: Option<u64>,
-    /// Syncs in this bucket (not cumulative).
+    /// Syncs (or records) in this bucket (not cumulative).
     pub count: u64,
 }
 
@@ -751,6 +751,21 @@ pub struct JournalStats {
     pub sync_p999_us: Option<u64>,
     /// Every bucket, fastest first.
     pub sync_histogram: Vec<SyncBucket>,
+    /// Records whose wait is counted below: each from its hand-over to the log writer until
+    /// its batch was written and (strict) synced, so the time a strict response waited for
+    /// its charge to be durable. A sync counts once above however many records it held;
+    /// here each of them counts, with the time it queued behind the sync before.
+    pub waits: u64,
+    /// Mean wait in microseconds (`null` before the first record).
+    pub wait_mean_us: Option<u64>,
+    /// Upper bound of the bucket holding the median wait, in microseconds (as for syncs).
+    pub wait_p50_us: Option<u64>,
+    /// The 99th percentile's bucket bound, microseconds.
+    pub wait_p99_us: Option<u64>,
+    /// The 99.9th percentile's bucket bound, microseconds.
+    pub wait_p999_us: Option<u64>,
+    /// Records per bucket (the bounds of `sync_histogram`), fastest first.
+    pub wait_histogram: Vec<SyncBucket>,
     /// Log sequence number of the last record in the charge log.
     pub logged_lsn: u64,
     /// Log sequence number of the last record applied to the database (usage, entries and

@@ -124,6 +124,8 @@ pub(crate) struct Job {
     done: Option<Done>,
     /// The caller's thread inbox (a proxy worker): its answer goes there, woken once a batch.
     origin: Option<Arc<Inbox>>,
+    /// When the caller handed it over (the writer counts each record's wait until durable).
+    queued: std::time::Instant,
 }
 
 /// What a job carries to the writer.
@@ -170,6 +172,7 @@ impl Job {
             }),
             done: None,
             origin: None,
+            queued: std::time::Instant::now(),
         }
     }
 
@@ -465,6 +468,7 @@ impl Journal {
             work: Work::Op(op),
             done: Some(done),
             origin: completions::current(),
+            queued: std::time::Instant::now(),
         })?;
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
@@ -482,6 +486,7 @@ impl Journal {
             work: Work::Op(op),
             done: None,
             origin: None,
+            queued: std::time::Instant::now(),
         })
     }
 
@@ -817,6 +822,7 @@ fn log_loop(
         let frames: Arc<[u8]> = Arc::from(&buf[..]);
         let mut out: Vec<Projected> = Vec::with_capacity(batch.len() + 1);
         let mut wake = false;
+        let written_at = std::time::Instant::now();
         for (job, (lsn, range)) in batch.drain(..).zip(placed.drain(..)) {
             let msg = if lsn == 0 {
                 match job.work {
@@ -839,6 +845,7 @@ fn log_loop(
                 if written.is_err() {
                     continue;
                 }
+                stats.record_wait(written_at.saturating_duration_since(job.queued));
                 Projected::Frame(lsn, Arc::clone(&frames), range)
             };
             out.push(msg);

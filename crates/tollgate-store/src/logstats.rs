@@ -1,8 +1,12 @@
-//! Counters of the charge log writer: records and group commits since start, and how long
-//! each `fdatasync` took, in fixed buckets. A strict-mode response waits for one such sync,
-//! so the sync latency of the disk under the gateway's own load is the floor under its
-//! latency; operators read it from the admin API (`GET /v1/journal`), and `bench/run` reads it
-//! around its fixed-rate lane. Recording is a few relaxed atomic adds on the writer thread.
+//! Counters of the charge log writer: records and group commits since start, how long each
+//! `fdatasync` took, and how long each record waited from its hand-over to the writer until
+//! its batch was written (and, in strict mode, synced), in fixed buckets. A strict-mode
+//! response waits for one such sync, so the sync latency of the disk under the gateway's own
+//! load is the floor under its latency; the records' waits weigh each sync by the records it
+//! held and add the time a record queued behind the sync before it, so they are the share of
+//! a response's latency that durability takes. Operators read both from the admin API
+//! (`GET /v1/journal`), and `bench/run` reads them around its fixed-rate lane. Recording is a
+//! few relaxed atomic adds on the writer thread.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -22,6 +26,9 @@ pub struct LogStats {
     syncs: AtomicU64,
     sync_us_total: AtomicU64,
     buckets: [AtomicU64; SYNC_BUCKETS_US.len() + 1],
+    waits: AtomicU64,
+    wait_us_total: AtomicU64,
+    wait_buckets: [AtomicU64; SYNC_BUCKETS_US.len() + 1],
     logged_lsn: AtomicU64,
     applied_lsn: AtomicU64,
 }
@@ -53,13 +60,13 @@ impl LogStats {
 
     /// One `fdatasync` took `took`.
     pub fn record_sync(&self, took: Duration) {
-        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        let i = SYNC_BUCKETS_US.partition_point(|&b| b < us);
-        self.syncs.fetch_add(1, Ordering::Relaxed);
-        self.sync_us_total.fetch_add(us, Ordering::Relaxed);
-        if let Some(b) = self.buckets.get(i) {
-            b.fetch_add(1, Ordering::Relaxed);
-        }
+        count(&self.syncs, &self.sync_us_total, &self.buckets, took);
+    }
+
+    /// One record waited `took` from its hand-over to the writer until its batch was written
+    /// (and synced, when it was).
+    pub fn record_wait(&self, took: Duration) {
+        count(&self.waits, &self.wait_us_total, &self.wait_buckets, took);
     }
 
     /// The counters now (each read on its own: a snapshot taken while the writer runs may be
@@ -72,13 +79,45 @@ impl LogStats {
             sync_us_total: self.sync_us_total.load(Ordering::Relaxed),
             logged_lsn: self.logged_lsn.load(Ordering::Relaxed),
             applied_lsn: self.applied_lsn.load(Ordering::Relaxed),
-            buckets: self
-                .buckets
-                .iter()
-                .map(|b| b.load(Ordering::Relaxed))
-                .collect(),
+            buckets: load_all(&self.buckets),
+            waits: self.waits.load(Ordering::Relaxed),
+            wait_us_total: self.wait_us_total.load(Ordering::Relaxed),
+            wait_buckets: load_all(&self.wait_buckets),
         }
     }
+}
+
+/// Count one duration of `took` in `n`, `total_us` and its bucket of `buckets`.
+fn count(n: &AtomicU64, total_us: &AtomicU64, buckets: &[AtomicU64], took: Duration) {
+    let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+    let i = SYNC_BUCKETS_US.partition_point(|&b| b < us);
+    n.fetch_add(1, Ordering::Relaxed);
+    total_us.fetch_add(us, Ordering::Relaxed);
+    if let Some(b) = buckets.get(i) {
+        b.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn load_all(buckets: &[AtomicU64]) -> Vec<u64> {
+    buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect()
+}
+
+/// The upper bound of the bucket of `buckets` holding the `q`-quantile (`0 < q <= 1`): `None`
+/// when they are empty, or when the quantile falls in the open last bucket.
+fn bucket_quantile(buckets: &[u64], q: f64) -> Option<u64> {
+    let total: u64 = buckets.iter().sum();
+    if total == 0 || !(q > 0.0 && q <= 1.0) {
+        return None;
+    }
+    let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0u64;
+    for (i, n) in buckets.iter().enumerate() {
+        seen += n;
+        if seen >= rank {
+            return SYNC_BUCKETS_US.get(i).copied();
+        }
+    }
+    None
 }
 
 /// The counters at one moment.
@@ -100,6 +139,13 @@ pub struct LogStatsSnapshot {
     /// Syncs per bucket: `buckets[i]` took at most `SYNC_BUCKETS_US[i]` microseconds (and more
     /// than the bound before it); the last entry counts those slower than every bound.
     pub buckets: Vec<u64>,
+    /// Records whose wait was counted (those written; a failed write's records are not).
+    pub waits: u64,
+    /// Sum of the records' waits, microseconds.
+    pub wait_us_total: u64,
+    /// Records per bucket of [`SYNC_BUCKETS_US`] by how long each waited from its hand-over to
+    /// the writer until its batch was written (and synced, when it was).
+    pub wait_buckets: Vec<u64>,
 }
 
 impl LogStatsSnapshot {
@@ -112,19 +158,13 @@ impl LogStatsSnapshot {
     /// of the syncs took at most this many microseconds. `None` with no syncs, or when the
     /// quantile falls in the open last bucket.
     pub fn sync_quantile_us(&self, q: f64) -> Option<u64> {
-        let total: u64 = self.buckets.iter().sum();
-        if total == 0 || !(q > 0.0 && q <= 1.0) {
-            return None;
-        }
-        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
-        let mut seen = 0u64;
-        for (i, n) in self.buckets.iter().enumerate() {
-            seen += n;
-            if seen >= rank {
-                return SYNC_BUCKETS_US.get(i).copied();
-            }
-        }
-        None
+        bucket_quantile(&self.buckets, q)
+    }
+
+    /// Likewise for the records' waits: that share of the records waited at most this many
+    /// microseconds from their hand-over until they were durable.
+    pub fn wait_quantile_us(&self, q: f64) -> Option<u64> {
+        bucket_quantile(&self.wait_buckets, q)
     }
 }
 
@@ -179,6 +219,23 @@ mod tests {
         assert_eq!(snap.sync_quantile_us(1.5), None);
         s.record_sync(Duration::from_secs(5));
         assert_eq!(s.snapshot().sync_quantile_us(1.0), None);
+    }
+
+    #[test]
+    fn record_waits_are_counted_apart_from_syncs() {
+        let s = LogStats::default();
+        s.record_sync(us(140));
+        for w in [90, 160, 160, 2_200] {
+            s.record_wait(us(w));
+        }
+        let snap = s.snapshot();
+        assert_eq!((snap.syncs, snap.waits), (1, 4));
+        assert_eq!(snap.wait_us_total, 90 + 160 + 160 + 2_200);
+        assert_eq!(snap.wait_buckets.iter().sum::<u64>(), 4);
+        assert_eq!(snap.buckets.iter().sum::<u64>(), 1);
+        assert_eq!(snap.wait_quantile_us(0.5), Some(175));
+        assert_eq!(snap.wait_quantile_us(0.99), Some(2_500));
+        assert_eq!(snap.sync_quantile_us(0.99), Some(150));
     }
 
     #[test]

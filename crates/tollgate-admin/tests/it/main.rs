@@ -1167,6 +1167,15 @@ async fn journal_reports_commits_and_the_disks_sync_latency() {
     assert!(hist.iter().any(|b| b["le_us"].as_u64() == Some(p50)));
     assert!(p50 <= p99, "{}", r.body);
     assert!(r.body["sync_mean_us"].is_u64());
+    // Each record's wait until durable: at least the two written here, every one of them in
+    // a bucket, and none shorter than the fastest sync it waited for.
+    assert!(n(&r.body, "waits") >= n(&before.body, "waits") + 2);
+    let waits = r.body["wait_histogram"].as_array().unwrap();
+    assert_eq!(waits.len(), hist.len());
+    let counted: u64 = waits.iter().map(|b| b["count"].as_u64().unwrap()).sum();
+    assert_eq!(counted, n(&r.body, "waits"));
+    assert!(n(&r.body, "wait_p50_us") <= n(&r.body, "wait_p99_us"));
+    assert!(r.body["wait_mean_us"].is_u64());
     // Both records are in the log, numbered; once flushed they are in the database too.
     assert!(n(&r.body, "logged_lsn") >= n(&before.body, "logged_lsn") + 2);
     e.state.store.journal.flush().await.unwrap();
