@@ -15,8 +15,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-
-use crate::connpool::UpstreamBody;
 use sha2::{Digest, Sha256};
 
 use tollgate_core::config::{Durability, Overage};
@@ -27,6 +25,7 @@ use tollgate_store::{
 };
 
 use crate::body::{limited, replay_body};
+use crate::connpool::UpstreamBody;
 use crate::policy::{self, Remedy};
 use crate::ratelimit;
 use crate::respond::{full, Body, Reject};

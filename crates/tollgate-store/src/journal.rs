@@ -144,6 +144,16 @@ enum Work {
 }
 
 impl Job {
+    /// A job for `work`, handed over now.
+    fn new(work: Work, done: Option<Done>, origin: Option<Arc<Inbox>>) -> Job {
+        Job {
+            work,
+            done,
+            origin,
+            queued: std::time::Instant::now(),
+        }
+    }
+
     /// Encode a logged change into `frames` (the buffer its message will carry) and drop the
     /// change on this thread; other changes are kept as they are.
     pub(crate) fn encode_into(mut self, frames: &mut Vec<u8>) -> Job {
@@ -164,16 +174,15 @@ impl Job {
 impl Job {
     /// A background job (no caller waits) named `name`.
     pub(crate) fn for_test(name: &str) -> Job {
-        Job {
-            work: Work::Op(Op::Entries {
+        Job::new(
+            Work::Op(Op::Entries {
                 charge_id: name.to_string(),
                 occurred_ms: 0,
                 entries: Vec::new(),
             }),
-            done: None,
-            origin: None,
-            queued: std::time::Instant::now(),
-        }
+            None,
+            None,
+        )
     }
 
     /// The name given to [`Job::for_test`], decoded from `frames` when it was encoded there.
@@ -464,12 +473,7 @@ impl Journal {
     /// Queue `op` and wait until it is durable.
     pub async fn write(&self, op: Op) -> Result<(), StoreError> {
         let (done, rx) = oneshot::channel();
-        self.submit(Job {
-            work: Work::Op(op),
-            done: Some(done),
-            origin: completions::current(),
-            queued: std::time::Instant::now(),
-        })?;
+        self.submit(Job::new(Work::Op(op), Some(done), completions::current()))?;
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
@@ -482,12 +486,7 @@ impl Journal {
 
     /// Queue `op` without waiting (relaxed durability, background records).
     pub fn write_nowait(&self, op: Op) -> Result<(), StoreError> {
-        self.submit(Job {
-            work: Work::Op(op),
-            done: None,
-            origin: None,
-            queued: std::time::Instant::now(),
-        })
+        self.submit(Job::new(Work::Op(op), None, None))
     }
 
     /// Hand `job` to the writer: through this thread's outbox when it runs a
@@ -915,9 +914,10 @@ const PROJECT_MAX: usize = 32_768;
 /// 0.33, disk bytes written per request 2,658 -> 1,658, req/s 37,867 -> 39,258; 60 s, projector
 /// 11.19 -> 8.19 us, disk bytes 8,263 -> 4,345, req/s 30,469 -> 35,278. 2 s against 1 s
 /// (60 s, both with a 16 MiB cache): 2,150 -> 1,207 bytes and projector 8.58 -> 7.72 us per
-/// request, but p99 at 5,000 req/s 1.75 -> 2.06 ms (longer projector bursts). A 16 MiB page cache for the projector (SQLite's
-/// default is 2 MiB) halved its disk bytes again at the same CPU but held 13-20 MiB more with
-/// 1,000,000 keys (VmRSS after load 385-392 MiB against 372-373 without; 362-369 at 250 ms).
+/// request, but p99 at 5,000 req/s 1.75 -> 2.06 ms (longer projector bursts). A 16 MiB page
+/// cache for the projector (SQLite's default is 2 MiB) halved its disk bytes again at the same
+/// CPU but held 13-20 MiB more with 1,000,000 keys (VmRSS after load 385-392 MiB against
+/// 372-373 without; 362-369 at 250 ms).
 const PROJECT_EVERY: std::time::Duration = std::time::Duration::from_millis(1000);
 
 /// The projector: applies the log to SQLite in large transactions (one every

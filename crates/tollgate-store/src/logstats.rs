@@ -23,14 +23,42 @@ pub const SYNC_BUCKETS_US: [u64; 27] = [
 pub struct LogStats {
     records: AtomicU64,
     commits: AtomicU64,
-    syncs: AtomicU64,
-    sync_us_total: AtomicU64,
-    buckets: [AtomicU64; SYNC_BUCKETS_US.len() + 1],
-    waits: AtomicU64,
-    wait_us_total: AtomicU64,
-    wait_buckets: [AtomicU64; SYNC_BUCKETS_US.len() + 1],
+    syncs: Latencies,
+    waits: Latencies,
     logged_lsn: AtomicU64,
     applied_lsn: AtomicU64,
+}
+
+/// Durations counted: how many, their sum and how many per bucket of [`SYNC_BUCKETS_US`].
+#[derive(Debug, Default)]
+struct Latencies {
+    n: AtomicU64,
+    total_us: AtomicU64,
+    buckets: [AtomicU64; SYNC_BUCKETS_US.len() + 1],
+}
+
+impl Latencies {
+    fn record(&self, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        let i = SYNC_BUCKETS_US.partition_point(|&b| b < us);
+        self.n.fetch_add(1, Ordering::Relaxed);
+        self.total_us.fetch_add(us, Ordering::Relaxed);
+        if let Some(b) = self.buckets.get(i) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `(count, sum in microseconds, per bucket)`.
+    fn load(&self) -> (u64, u64, Vec<u64>) {
+        (
+            self.n.load(Ordering::Relaxed),
+            self.total_us.load(Ordering::Relaxed),
+            self.buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+        )
+    }
 }
 
 impl LogStats {
@@ -60,46 +88,33 @@ impl LogStats {
 
     /// One `fdatasync` took `took`.
     pub fn record_sync(&self, took: Duration) {
-        count(&self.syncs, &self.sync_us_total, &self.buckets, took);
+        self.syncs.record(took);
     }
 
     /// One record waited `took` from its hand-over to the writer until its batch was written
     /// (and synced, when it was).
     pub fn record_wait(&self, took: Duration) {
-        count(&self.waits, &self.wait_us_total, &self.wait_buckets, took);
+        self.waits.record(took);
     }
 
     /// The counters now (each read on its own: a snapshot taken while the writer runs may be
     /// off by the commit in progress).
     pub fn snapshot(&self) -> LogStatsSnapshot {
+        let (syncs, sync_us_total, buckets) = self.syncs.load();
+        let (waits, wait_us_total, wait_buckets) = self.waits.load();
         LogStatsSnapshot {
             records: self.records.load(Ordering::Relaxed),
             commits: self.commits.load(Ordering::Relaxed),
-            syncs: self.syncs.load(Ordering::Relaxed),
-            sync_us_total: self.sync_us_total.load(Ordering::Relaxed),
+            syncs,
+            sync_us_total,
             logged_lsn: self.logged_lsn.load(Ordering::Relaxed),
             applied_lsn: self.applied_lsn.load(Ordering::Relaxed),
-            buckets: load_all(&self.buckets),
-            waits: self.waits.load(Ordering::Relaxed),
-            wait_us_total: self.wait_us_total.load(Ordering::Relaxed),
-            wait_buckets: load_all(&self.wait_buckets),
+            buckets,
+            waits,
+            wait_us_total,
+            wait_buckets,
         }
     }
-}
-
-/// Count one duration of `took` in `n`, `total_us` and its bucket of `buckets`.
-fn count(n: &AtomicU64, total_us: &AtomicU64, buckets: &[AtomicU64], took: Duration) {
-    let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-    let i = SYNC_BUCKETS_US.partition_point(|&b| b < us);
-    n.fetch_add(1, Ordering::Relaxed);
-    total_us.fetch_add(us, Ordering::Relaxed);
-    if let Some(b) = buckets.get(i) {
-        b.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-fn load_all(buckets: &[AtomicU64]) -> Vec<u64> {
-    buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect()
 }
 
 /// The upper bound of the bucket of `buckets` holding the `q`-quantile (`0 < q <= 1`): `None`
