@@ -838,13 +838,17 @@ fn log_loop(
                     }
                 }
             } else {
+                // Counted before the caller is answered, so a caller that reads the stats
+                // after its write returned finds its own wait in them.
+                if written.is_ok() {
+                    stats.record_wait(written_at.saturating_duration_since(job.queued));
+                }
                 if let Some(d) = job.done {
                     answer(d, job.origin, written.clone(), &mut inboxes);
                 }
                 if written.is_err() {
                     continue;
                 }
-                stats.record_wait(written_at.saturating_duration_since(job.queued));
                 Projected::Frame(lsn, Arc::clone(&frames), range)
             };
             out.push(msg);
