@@ -18,6 +18,13 @@ name = "refused"
 targets = ["http://{}"]
 failure_threshold = 1000
 
+# The mock again, with a short request timeout: /delay/3000 times out here.
+[[upstreams]]
+name = "impatient"
+targets = ["http://{}"]
+request_timeout_ms = 500
+failure_threshold = 1000
+
 [[routes]]
 id = "paid"
 path_prefix = "/paid"
@@ -33,7 +40,7 @@ price = "1.00"
 [[routes]]
 id = "slow"
 path_prefix = "/delay"
-upstream = "mock"
+upstream = "impatient"
 price = "1.00"
 
 [[routes]]
@@ -53,7 +60,8 @@ id = "payg"
 name = "Pay as you go"
 routes = ["*"]
 "#,
-        refused_addr()
+        refused_addr(),
+        mock.addr()
     ));
     Gw::start(dir, &cfg)
 }

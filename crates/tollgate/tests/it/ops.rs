@@ -167,8 +167,7 @@ async fn upstream_sees_clean_forwarded_headers_and_no_credentials() {
 async fn sigterm_drains_in_flight_requests() {
     let mock = MockUpstream::start_local().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = config(dir.path(), mock.addr(), "0.01");
-    cfg = cfg.replace("request_timeout_ms = 500", "request_timeout_ms = 5000");
+    let cfg = config(dir.path(), mock.addr(), "0.01");
     let mut gw = Gw::start(dir, &cfg);
     let key = gw.consumer("cdrain", "payg").await;
     let req = gw.http.get(gw.url("/delay/1000")).bearer_auth(&key).send();
