@@ -75,11 +75,9 @@ fn amount_text(data: &[u8]) {
 /// Any amount in micro-units prints as text that parses back to it (all but `i64::MIN`,
 /// whose magnitude has no positive `i64`).
 fn amount_value(data: &[u8]) {
-    let Some(bytes) = data.get(..8) else {
+    let Some(b) = data.get(..8).and_then(|s| <[u8; 8]>::try_from(s).ok()) else {
         return;
     };
-    let mut b = [0u8; 8];
-    b.copy_from_slice(bytes);
     let v = i64::from_le_bytes(b);
     let printed = Money(v).to_string();
     match Money::parse(&printed) {
