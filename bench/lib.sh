@@ -24,10 +24,13 @@ free_port() {
   die "no free port found"
 }
 
-wait_http_ok() { # url timeout_s
-  local url="$1" deadline=$((SECONDS + $2))
+# Wait until `url` answers 2xx; give up after timeout_s, or as soon as process `pid` (when
+# given: the server being waited for) has exited.
+wait_http_ok() { # url timeout_s [pid]
+  local url="$1" deadline=$((SECONDS + $2)) pid="${3:-}"
   while ((SECONDS < deadline)); do
     curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
+    [[ -z "$pid" ]] || kill -0 "$pid" 2>/dev/null || return 1
     sleep 0.01
   done
   return 1
