@@ -258,6 +258,101 @@ async fn writes_from_threads_with_a_pump_are_each_answered_and_applied_once() {
     );
 }
 
+/// Writes from several threads at once, grouped into commits however they queue: every write
+/// answered as durable is in the log's files when it is answered, the records are numbered
+/// 1..=n in log order without a gap or a repeat, and each is applied to the database once.
+#[tokio::test]
+async fn answered_writes_are_in_the_log_numbered_without_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cfg(dir.path());
+    let db = std::path::PathBuf::from(&cfg.path);
+    let store = Arc::new(store_with_consumer(&cfg).await);
+    let seq = store.dir.consumer("c").unwrap().seq;
+    let log_dir = chargelog::dir_for(&db);
+    let (threads, per_thread) = (4u64, 250u64);
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let store = Arc::clone(&store);
+            let log_dir = log_dir.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let writes: Vec<_> = (0..per_thread)
+                        .map(|i| {
+                            let (mut u, mut e) = charge(t * 10_000 + i, seq);
+                            u.cost = 1;
+                            e[0].amount = 1;
+                            let id = u.charge_id.clone();
+                            let store = Arc::clone(&store);
+                            tokio::spawn(async move {
+                                store
+                                    .journal
+                                    .write(tollgate_store::Op::Charge {
+                                        usage: Box::new(u),
+                                        entries: e,
+                                        idem: None,
+                                    })
+                                    .await
+                                    .map(|()| id)
+                            })
+                        })
+                        .collect();
+                    let mut ids = Vec::new();
+                    for (n, w) in writes.into_iter().enumerate() {
+                        let id = w.await.unwrap().unwrap();
+                        if n % 50 == 0 {
+                            // Answered, so already in the log (read from the files).
+                            let (records, _) = chargelog::read_after(&log_dir, 0).unwrap();
+                            assert!(
+                                records.iter().any(|(_, r)| matches!(r,
+                                    chargelog::Record::Charge { usage, .. } if usage.charge_id == id)),
+                                "{id} answered but not in the log"
+                            );
+                        }
+                        ids.push(id);
+                    }
+                    ids
+                })
+            })
+        })
+        .collect();
+    let mut answered: Vec<String> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    let n = threads * per_thread;
+    assert_eq!(answered.len() as u64, n);
+    let (records, max_lsn) = chargelog::read_after(&log_dir, 0).unwrap();
+    let lsns: Vec<u64> = records.iter().map(|(l, _)| *l).collect();
+    assert_eq!(lsns, (1..=n).collect::<Vec<_>>(), "numbers in log order");
+    assert_eq!(max_lsn, n);
+    let mut logged: Vec<String> = records
+        .iter()
+        .filter_map(|(_, r)| match r {
+            chargelog::Record::Charge { usage, .. } => Some(usage.charge_id.clone()),
+            _ => None,
+        })
+        .collect();
+    logged.sort();
+    answered.sort();
+    assert_eq!(logged, answered);
+    let stats = store.journal.stats();
+    assert_eq!((stats.records, stats.logged_lsn), (n, n), "{stats:?}");
+    assert!(stats.commits >= 1 && stats.commits <= n, "{stats:?}");
+    store.journal.flush().await.unwrap();
+    assert_eq!(count(&db, "SELECT COUNT(*) FROM usage") as u64, n);
+    assert_eq!(
+        count(
+            &db,
+            "SELECT CAST(v AS INTEGER) FROM meta WHERE k = 'log_lsn'"
+        ) as u64,
+        n
+    );
+}
+
 /// A store dropped and opened again at once (no pause in between) finds everything the old
 /// one wrote, each once: the new one waits for the old one's threads (its last commit folds the
 /// totals in) instead of racing them for the database.
