@@ -194,92 +194,30 @@ async fn a_refused_record_is_set_aside_and_the_rest_of_its_batch_applies() {
     assert_balanced(&db);
 }
 
-/// Writers on two runtime threads that run a pump (as the proxy workers do) are answered
-/// through it: every write returns once durable, and each charge is in the database once.
-#[tokio::test]
-async fn writes_from_threads_with_a_pump_are_each_answered_and_applied_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = cfg(dir.path());
-    let db = std::path::PathBuf::from(&cfg.path);
-    let store = Arc::new(store_with_consumer(&cfg).await);
+/// Write `per_thread` charges of 1 from each of `threads` threads at once, each on its own
+/// current-thread runtime, which runs a pump (as the proxy workers do) when `pump`; `answered`
+/// sees the n-th charge id a thread got its answer for. Returns every id answered.
+fn charge_from_threads(
+    store: &Arc<Store>,
+    threads: u64,
+    per_thread: u64,
+    pump: bool,
+    answered: impl Fn(usize, &str) + Send + Clone + 'static,
+) -> Vec<String> {
     let seq = store.dir.consumer("c").unwrap().seq;
-    let per_thread = 300u64;
-    let threads: Vec<_> = (0..2u64)
-        .map(|t| {
-            let store = Arc::clone(&store);
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async move {
-                    tokio::spawn(tollgate_store::completions::pump());
-                    let writes: Vec<_> = (0..per_thread)
-                        .map(|i| {
-                            let (mut u, mut e) = charge(t * 10_000 + i, seq);
-                            u.cost = 1;
-                            e[0].amount = 1;
-                            let store = Arc::clone(&store);
-                            tokio::spawn(async move {
-                                store
-                                    .journal
-                                    .write(tollgate_store::Op::Charge {
-                                        usage: Box::new(u),
-                                        entries: e,
-                                        idem: None,
-                                    })
-                                    .await
-                            })
-                        })
-                        .collect();
-                    let mut ok = 0;
-                    for w in writes {
-                        w.await.unwrap().unwrap();
-                        ok += 1;
-                    }
-                    ok
-                })
-            })
-        })
-        .collect();
-    let answered: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
-    assert_eq!(answered, 2 * per_thread);
-    store.journal.flush().await.unwrap();
-    assert_eq!(
-        count(&db, "SELECT COUNT(*) FROM usage") as u64,
-        2 * per_thread
-    );
-    assert_eq!(
-        count(
-            &db,
-            "SELECT COALESCE(SUM(amount), 0) FROM entries WHERE kind = 'charge'"
-        ) as u64,
-        2 * per_thread
-    );
-}
-
-/// Writes from several threads at once, grouped into commits however they queue: every write
-/// answered as durable is in the log's files when it is answered, the records are numbered
-/// 1..=n in log order without a gap or a repeat, and each is applied to the database once.
-#[tokio::test]
-async fn answered_writes_are_in_the_log_numbered_without_gaps() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = cfg(dir.path());
-    let db = std::path::PathBuf::from(&cfg.path);
-    let store = Arc::new(store_with_consumer(&cfg).await);
-    let seq = store.dir.consumer("c").unwrap().seq;
-    let log_dir = chargelog::dir_for(&db);
-    let (threads, per_thread) = (4u64, 250u64);
     let workers: Vec<_> = (0..threads)
         .map(|t| {
-            let store = Arc::clone(&store);
-            let log_dir = log_dir.clone();
+            let store = Arc::clone(store);
+            let answered = answered.clone();
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .build()
                     .unwrap();
                 rt.block_on(async move {
+                    if pump {
+                        tokio::spawn(tollgate_store::completions::pump());
+                    }
                     let writes: Vec<_> = (0..per_thread)
                         .map(|i| {
                             let (mut u, mut e) = charge(t * 10_000 + i, seq);
@@ -303,15 +241,7 @@ async fn answered_writes_are_in_the_log_numbered_without_gaps() {
                     let mut ids = Vec::new();
                     for (n, w) in writes.into_iter().enumerate() {
                         let id = w.await.unwrap().unwrap();
-                        if n % 50 == 0 {
-                            // Answered, so already in the log (read from the files).
-                            let (records, _) = chargelog::read_after(&log_dir, 0).unwrap();
-                            assert!(
-                                records.iter().any(|(_, r)| matches!(r,
-                                    chargelog::Record::Charge { usage, .. } if usage.charge_id == id)),
-                                "{id} answered but not in the log"
-                            );
-                        }
+                        answered(n, &id);
                         ids.push(id);
                     }
                     ids
@@ -319,10 +249,60 @@ async fn answered_writes_are_in_the_log_numbered_without_gaps() {
             })
         })
         .collect();
-    let mut answered: Vec<String> = workers
+    workers
         .into_iter()
         .flat_map(|w| w.join().unwrap())
-        .collect();
+        .collect()
+}
+
+/// Writers on two runtime threads that run a pump (as the proxy workers do) are answered
+/// through it: every write returns once durable, and each charge is in the database once.
+#[tokio::test]
+async fn writes_from_threads_with_a_pump_are_each_answered_and_applied_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cfg(dir.path());
+    let db = std::path::PathBuf::from(&cfg.path);
+    let store = Arc::new(store_with_consumer(&cfg).await);
+    let per_thread = 300u64;
+    let answered = charge_from_threads(&store, 2, per_thread, true, |_, _| {});
+    assert_eq!(answered.len() as u64, 2 * per_thread);
+    store.journal.flush().await.unwrap();
+    assert_eq!(
+        count(&db, "SELECT COUNT(*) FROM usage") as u64,
+        2 * per_thread
+    );
+    assert_eq!(
+        count(
+            &db,
+            "SELECT COALESCE(SUM(amount), 0) FROM entries WHERE kind = 'charge'"
+        ) as u64,
+        2 * per_thread
+    );
+}
+
+/// Writes from several threads at once, grouped into commits however they queue: every write
+/// answered as durable is in the log's files when it is answered, the records are numbered
+/// 1..=n in log order without a gap or a repeat, and each is applied to the database once.
+#[tokio::test]
+async fn answered_writes_are_in_the_log_numbered_without_gaps() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = cfg(dir.path());
+    let db = std::path::PathBuf::from(&cfg.path);
+    let store = Arc::new(store_with_consumer(&cfg).await);
+    let log_dir = chargelog::dir_for(&db);
+    let (threads, per_thread) = (4u64, 250u64);
+    let in_log = log_dir.clone();
+    let mut answered = charge_from_threads(&store, threads, per_thread, false, move |n, id| {
+        if n % 50 == 0 {
+            // Answered, so already in the log (read from the files).
+            let (records, _) = chargelog::read_after(&in_log, 0).unwrap();
+            assert!(
+                records.iter().any(|(_, r)| matches!(r,
+                    chargelog::Record::Charge { usage, .. } if usage.charge_id == id)),
+                "{id} answered but not in the log"
+            );
+        }
+    });
     let n = threads * per_thread;
     assert_eq!(answered.len() as u64, n);
     let (records, max_lsn) = chargelog::read_after(&log_dir, 0).unwrap();
