@@ -860,8 +860,14 @@ fn money_header(m: Money) -> HeaderValue {
 /// Push header `k` whose value is each text followed by its number (`r=5;t=60`), written
 /// without the formatting machinery (several such headers go on every governed response).
 fn push_header(v: &mut Vec<(HeaderName, HeaderValue)>, k: &HeaderName, parts: &[(&str, u64)]) {
-    let mut out = Vec::with_capacity(32);
     let mut num = itoa::Buffer::new();
+    // Exactly the value's length: `Bytes` takes a full vector over as it is, while one with
+    // spare capacity costs a second allocation (its shared header).
+    let len = parts
+        .iter()
+        .map(|(text, n)| text.len() + num.format(*n).len())
+        .sum();
+    let mut out = Vec::with_capacity(len);
     for (text, n) in parts {
         out.extend_from_slice(text.as_bytes());
         out.extend_from_slice(num.format(*n).as_bytes());
@@ -1238,6 +1244,26 @@ upstream = "based"
             let uri: Uri = u.parse().unwrap();
             assert_eq!(uri_len(&uri), u.len(), "{u}");
         }
+    }
+
+    #[test]
+    fn number_headers_read_as_their_texts_and_numbers() {
+        let mut v = Vec::new();
+        push_header(&mut v, &RATELIMIT, &[("\"quota\";r=", 5), (";t=", 86_400)]);
+        push_header(&mut v, &X_QUOTA_REMAINING, &[("", u64::MAX)]);
+        push_header(&mut v, &X_QUOTA_REMAINING, &[("", 0)]);
+        let got: Vec<(&str, &str)> = v
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("ratelimit", "\"quota\";r=5;t=86400"),
+                ("x-tollgate-quota-remaining", "18446744073709551615"),
+                ("x-tollgate-quota-remaining", "0"),
+            ]
+        );
     }
 
     #[test]
