@@ -860,14 +860,8 @@ fn money_header(m: Money) -> HeaderValue {
 /// Push header `k` whose value is each text followed by its number (`r=5;t=60`), written
 /// without the formatting machinery (several such headers go on every governed response).
 fn push_header(v: &mut Vec<(HeaderName, HeaderValue)>, k: &HeaderName, parts: &[(&str, u64)]) {
+    let mut out = Vec::with_capacity(32);
     let mut num = itoa::Buffer::new();
-    // Exactly the value's length: `Bytes` takes a full vector over as it is, while one with
-    // spare capacity costs a second allocation (its shared header).
-    let len = parts
-        .iter()
-        .map(|(text, n)| text.len() + num.format(*n).len())
-        .sum();
-    let mut out = Vec::with_capacity(len);
     for (text, n) in parts {
         out.extend_from_slice(text.as_bytes());
         out.extend_from_slice(num.format(*n).as_bytes());
