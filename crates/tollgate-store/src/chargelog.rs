@@ -564,9 +564,10 @@ impl LogWriter {
     }
 
     /// Append `buf` (whole framed records) and make it durable. On failure nothing of `buf`
-    /// counts as written: the segment is closed (a reader stops at the partial batch) and the
-    /// next append goes to a fresh segment.
+    /// counts as written: its bytes are voided ([`LogWriter::void`]), the segment is closed and
+    /// the next append goes to a fresh segment.
     pub fn append(&mut self, buf: &[u8], sync: bool) -> Result<(), StoreError> {
+        let start = self.bytes;
         let r = self.file.write_all(buf).and_then(|()| {
             if sync {
                 let started = std::time::Instant::now();
@@ -584,6 +585,16 @@ impl LogWriter {
             }
             Err(e) => {
                 let err = io("cannot write", &self.path, e);
+                if !buf.is_empty() {
+                    match self.void(start, buf.len()) {
+                        Ok(()) => tracing::warn!(segment = %self.path.display(), offset = start,
+                            "charge log batch failed; its bytes were voided"),
+                        Err(e) => {
+                            tracing::error!(segment = %self.path.display(), offset = start, error = %e,
+                            "charge log batch failed and could not be voided; a reader may still find its records")
+                        }
+                    }
+                }
                 match Self::new_segment(&self.dir, self.segno + 1) {
                     Ok((file, path)) => {
                         self.segno += 1;
@@ -597,6 +608,23 @@ impl LogWriter {
                 Err(err)
             }
         }
+    }
+
+    /// Void the `len` bytes of a failed batch written at `start`, so that a reader of the
+    /// segment ends before them, and sync that. A batch whose write or sync failed was
+    /// answered with an error (the caller's request was not charged), yet some or all of its
+    /// records may have reached the disk; read back after a restart they would charge the
+    /// request after all. A prefilled segment gets its zeros back (a zero frame header ends
+    /// a segment), a plain one is cut back to `start`.
+    fn void(&mut self, start: u64, len: usize) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if self.prefilled {
+            let zeros = vec![0u8; len];
+            self.file.write_all_at(&zeros, start)?;
+        } else {
+            self.file.set_len(start)?;
+        }
+        self.file.sync_data()
     }
 
     /// Called after each batch. When the segment is full, or when a prefilled spare is ready
@@ -889,6 +917,74 @@ mod tests {
         assert_eq!(recs.len(), 5);
         assert!(recs == five, "the records before the torn one are intact");
         assert_eq!(damage.map(|d| d.0), Some(at));
+    }
+
+    #[test]
+    fn a_voided_batch_is_not_read_back_in_plain_or_prefilled_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("db-log");
+        let mut w = LogWriter::create(&d, 1).unwrap();
+        let append = |w: &mut LogWriter, charge: &str| {
+            let mut b = Vec::new();
+            encode_entries(&mut b, w.next_lsn, charge, 0, &[entry(0, 1)]);
+            w.next_lsn += 1;
+            let at = w.bytes;
+            w.append(&b, true).unwrap();
+            (at, b.len())
+        };
+        let read = |d: &Path| {
+            let (recs, _) = read_after(d, 0).unwrap();
+            recs.into_iter().map(|(l, _)| l).collect::<Vec<_>>()
+        };
+        // A plain segment: the failed batch (records 3 and 4, written as one) is cut off.
+        append(&mut w, "a");
+        append(&mut w, "b");
+        let mut b = Vec::new();
+        encode_entries(&mut b, 3, "c", 0, &[entry(0, 1)]);
+        encode_entries(&mut b, 4, "d", 0, &[entry(0, 1)]);
+        let at = w.bytes;
+        w.append(&b, true).unwrap();
+        assert_eq!(read(&d), [1, 2, 3, 4]);
+        w.void(at, b.len()).unwrap();
+        assert_eq!(read(&d), [1, 2]);
+        let (_, damage) = read_segment(&std::fs::read(&w.path).unwrap());
+        assert_eq!(
+            damage, None,
+            "the segment ends cleanly where the batch began"
+        );
+        // A prefilled segment: the batch's bytes are zeros again, the records before it stay.
+        let big = "x".repeat(60_000);
+        w.next_lsn = 3;
+        for _ in 0..20 {
+            append(&mut w, &big);
+        }
+        for _ in 0..500 {
+            if w.rotate_if_full().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(w.prefilled(), "the prefilled spare was never taken");
+        append(&mut w, "e");
+        let (at, len) = append(&mut w, "f");
+        assert_eq!(read(&d).last(), Some(&24));
+        w.void(at, len).unwrap();
+        let lsns = read(&d);
+        assert_eq!(lsns.last(), Some(&23), "{lsns:?}");
+        assert_eq!(std::fs::metadata(&w.path).unwrap().len(), SEGMENT_BYTES);
+        let (_, damage) = read_segment(&std::fs::read(&w.path).unwrap());
+        assert_eq!(damage, None);
+        // The next batch, numbered as the voided one was, overwrites the voided bytes as any
+        // append to the zeros would.
+        w.bytes = at;
+        w.file.seek(SeekFrom::Start(at)).unwrap();
+        w.next_lsn = 24;
+        append(&mut w, "g");
+        let (recs, _) = read_after(&d, 23).unwrap();
+        assert!(
+            matches!(&recs[..], [(24, Record::Entries { charge_id, .. })] if charge_id == "g"),
+            "{recs:?}"
+        );
     }
 
     /// Bytes this thread has caused to be written to storage (`write_bytes` of
