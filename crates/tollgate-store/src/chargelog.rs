@@ -919,19 +919,37 @@ mod tests {
         assert_eq!(damage.map(|d| d.0), Some(at));
     }
 
+    /// Append one record for `charge` and sync it; returns where it was written and its length.
+    fn append(w: &mut LogWriter, charge: &str) -> (u64, usize) {
+        let mut b = Vec::new();
+        encode_entries(&mut b, w.next_lsn, charge, 0, &[entry(0, 1)]);
+        w.next_lsn += 1;
+        let at = w.bytes;
+        w.append(&b, true).unwrap();
+        (at, b.len())
+    }
+
+    /// Append past PREPARE_AFTER, so that a spare is prefilled (by its own thread, as when
+    /// serving), and wait until the writer has moved to it.
+    fn fill_until_prefilled(w: &mut LogWriter) {
+        let big = "x".repeat(60_000);
+        for _ in 0..20 {
+            append(w, &big);
+        }
+        for _ in 0..500 {
+            if w.rotate_if_full().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(w.prefilled(), "the prefilled spare was never taken");
+    }
+
     #[test]
     fn a_voided_batch_is_not_read_back_in_plain_or_prefilled_segments() {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path().join("db-log");
         let mut w = LogWriter::create(&d, 1).unwrap();
-        let append = |w: &mut LogWriter, charge: &str| {
-            let mut b = Vec::new();
-            encode_entries(&mut b, w.next_lsn, charge, 0, &[entry(0, 1)]);
-            w.next_lsn += 1;
-            let at = w.bytes;
-            w.append(&b, true).unwrap();
-            (at, b.len())
-        };
         let read = |d: &Path| {
             let (recs, _) = read_after(d, 0).unwrap();
             recs.into_iter().map(|(l, _)| l).collect::<Vec<_>>()
@@ -953,18 +971,8 @@ mod tests {
             "the segment ends cleanly where the batch began"
         );
         // A prefilled segment: the batch's bytes are zeros again, the records before it stay.
-        let big = "x".repeat(60_000);
         w.next_lsn = 3;
-        for _ in 0..20 {
-            append(&mut w, &big);
-        }
-        for _ in 0..500 {
-            if w.rotate_if_full().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        assert!(w.prefilled(), "the prefilled spare was never taken");
+        fill_until_prefilled(&mut w);
         append(&mut w, "e");
         let (at, len) = append(&mut w, "f");
         assert_eq!(read(&d).last(), Some(&24));
@@ -1007,28 +1015,11 @@ mod tests {
         let dir = tempfile::tempdir_in(&scratch).unwrap();
         let d = dir.path().join("db-log");
         let mut w = LogWriter::create(&d, 1).unwrap();
-        let append = |w: &mut LogWriter, charge: &str| {
-            let mut b = Vec::new();
-            encode_entries(&mut b, w.next_lsn, charge, 0, &[entry(0, 1)]);
-            w.next_lsn += 1;
-            w.append(&b, true).unwrap();
-        };
-        // Past PREPARE_AFTER a spare is prefilled (by its own thread, as when serving); the
-        // writer moves to it once it is ready.
-        let big = "x".repeat(60_000);
-        for _ in 0..20 {
-            append(&mut w, &big);
-        }
-        for _ in 0..500 {
-            if w.rotate_if_full().unwrap().is_some() {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        assert!(w.prefilled(), "the prefilled spare was never taken");
+        fill_until_prefilled(&mut w);
         // Measured some MiB into the segment and over 2 MB of appends of about 1 KB, as a
         // busy gateway's batches: page-cache folios are aligned to their size, so those near
         // the start of a file are small whatever wrote it.
+        let big = "x".repeat(60_000);
         for _ in 0..70 {
             append(&mut w, &big);
         }
