@@ -471,6 +471,9 @@ pub struct LogWriter {
     pub next_lsn: u64,
     /// Sync latency and commit counters.
     stats: Arc<LogStats>,
+    /// Tests: the next sync fails (as an `fdatasync` reporting EIO would).
+    #[cfg(test)]
+    fail_next_sync: bool,
 }
 
 impl LogWriter {
@@ -500,6 +503,8 @@ impl LogWriter {
             spare: None,
             next_lsn,
             stats: Arc::default(),
+            #[cfg(test)]
+            fail_next_sync: false,
         })
     }
 
@@ -572,6 +577,11 @@ impl LogWriter {
             if sync {
                 let started = std::time::Instant::now();
                 let r = self.file.sync_data();
+                #[cfg(test)]
+                let r = match std::mem::take(&mut self.fail_next_sync) {
+                    true => Err(std::io::Error::other("injected sync failure")),
+                    false => r,
+                };
                 self.stats.record_sync(started.elapsed());
                 r
             } else {
@@ -983,6 +993,49 @@ mod tests {
         assert_eq!(std::fs::metadata(&w.path).unwrap().len(), SEGMENT_BYTES);
         let (_, damage) = read_segment(&std::fs::read(&w.path).unwrap());
         assert_eq!(damage, None);
+    }
+
+    #[test]
+    fn a_batch_whose_sync_fails_is_not_read_back_and_its_numbers_go_to_the_next() {
+        for prefilled in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path().join("db-log");
+            let mut w = LogWriter::create(&d, 1).unwrap();
+            if prefilled {
+                fill_until_prefilled(&mut w);
+            }
+            append(&mut w, "kept");
+            let kept = w.next_lsn - 1;
+            let failing = w.path.clone();
+            let mut b = Vec::new();
+            encode_entries(&mut b, kept + 1, "lost-1", 0, &[entry(0, 1)]);
+            encode_entries(&mut b, kept + 2, "lost-2", 0, &[entry(0, 1)]);
+            w.fail_next_sync = true;
+            assert!(w.append(&b, true).is_err());
+            assert_ne!(w.path, failing, "the writer moved to a fresh segment");
+            // As the journal does: the failed batch's numbers are handed out again.
+            w.next_lsn = kept + 1;
+            append(&mut w, "next");
+            let (recs, max) = read_after(&d, kept - 1).unwrap();
+            let names: Vec<(u64, String)> = recs
+                .into_iter()
+                .map(|(l, r)| match r {
+                    Record::Entries { charge_id, .. } => (l, charge_id),
+                    r => panic!("unexpected {r:?}"),
+                })
+                .collect();
+            assert_eq!(
+                names,
+                [(kept, "kept".to_string()), (kept + 1, "next".to_string())],
+                "prefilled: {prefilled}"
+            );
+            assert_eq!(max, kept + 1);
+            let (_, damage) = read_segment(&std::fs::read(&failing).unwrap());
+            assert_eq!(
+                damage, None,
+                "the failed segment ends cleanly before the batch"
+            );
+        }
     }
 
     /// Bytes this thread has caused to be written to storage (`write_bytes` of
