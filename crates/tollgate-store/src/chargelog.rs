@@ -11,7 +11,9 @@
 //! Segment layout: an 8-byte magic, then records `[len: u32 LE][crc32: u32 LE][payload]`,
 //! the checksum over the payload. Payload: `[lsn: u64][tag: u8][body]`. A record that is
 //! short, fails its checksum or does not decode ends the segment: it was being written when
-//! the process died, so its batch was never acknowledged.
+//! the process died, so its batch was never acknowledged. A batch whose write or sync failed
+//! is voided in place; should that fail too, its numbers start the next segment again, and a
+//! reader drops a segment's records whose numbers the next non-empty segment starts from.
 //!
 //! Prefilled segments: once the log sees steady traffic, the next segment is written out in
 //! full (magic, then zeros to [`SEGMENT_BYTES`]) and synced by a background thread before it
@@ -746,7 +748,13 @@ pub fn for_each_after(
     let mut max_lsn = after;
     let segs = segments(dir)?;
     let last = segs.len().saturating_sub(1);
+    let firsts: Vec<Option<u64>> = segs.iter().map(|p| first_lsn(p)).collect();
     for (i, p) in segs.iter().enumerate() {
+        // Numbers the next segment starts again from belong to a batch that failed here and
+        // could not be voided (see `LogWriter::void`): its callers were answered with an error.
+        let next_first = firsts
+            .get(i + 1..)
+            .and_then(|f| f.iter().flatten().next().copied());
         let buf = std::fs::read(p).map_err(|e| io("cannot read", p, e))?;
         let (recs, damage) = read_segment(&buf);
         drop(buf);
@@ -759,14 +767,39 @@ pub fn for_each_after(
                     "charge log segment damaged before its end; later records of it are lost");
             }
         }
+        let mut failed = 0usize;
         for (lsn, r) in recs {
+            if next_first.is_some_and(|n| lsn >= n) {
+                failed += 1;
+                continue;
+            }
             max_lsn = max_lsn.max(lsn);
             if lsn > after {
                 f(lsn, r)?;
             }
         }
+        if failed > 0 {
+            tracing::error!(segment = %p.display(), records = failed,
+                "charge log records of a failed batch (their numbers start the next segment again) not applied");
+        }
     }
     Ok(max_lsn)
+}
+
+/// The sequence number of the first record of the segment at `p`, when it has a readable one.
+fn first_lsn(p: &Path) -> Option<u64> {
+    use std::io::Read;
+    let mut file = File::open(p).ok()?;
+    let mut buf = vec![0u8; MAGIC.len() + 8];
+    file.read_exact(&mut buf).ok()?;
+    let at = MAGIC.len();
+    let len = u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
+    if len == 0 || len > MAX_RECORD {
+        return None;
+    }
+    buf.resize(at + 8 + len, 0);
+    file.read_exact(&mut buf[at + 8..]).ok()?;
+    read_segment(&buf).0.first().map(|(lsn, _)| *lsn)
 }
 
 #[cfg(test)]
@@ -1036,6 +1069,43 @@ mod tests {
                 "the failed segment ends cleanly before the batch"
             );
         }
+    }
+
+    #[test]
+    fn records_numbered_again_by_the_next_segment_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("db-log");
+        std::fs::create_dir_all(&d).unwrap();
+        let segment = |n: u64, recs: &[(u64, &str)]| {
+            let mut b = MAGIC.to_vec();
+            for (lsn, name) in recs {
+                encode_entries(&mut b, *lsn, name, 0, &[entry(0, 1)]);
+            }
+            std::fs::write(d.join(segment_name(n)), b).unwrap();
+        };
+        // Segment 1 holds a failed batch (3, 4) that was not voided; the writer moved on and
+        // numbered its next records from 3 again. An empty segment between them (a failure
+        // right after a rotation) does not hide that.
+        segment(1, &[(1, "a"), (2, "b"), (3, "lost-3"), (4, "lost-4")]);
+        segment(2, &[]);
+        segment(3, &[(3, "c"), (4, "d"), (5, "e")]);
+        let (recs, max) = read_after(&d, 0).unwrap();
+        let names: Vec<(u64, String)> = recs
+            .into_iter()
+            .map(|(l, r)| match r {
+                Record::Entries { charge_id, .. } => (l, charge_id),
+                r => panic!("unexpected {r:?}"),
+            })
+            .collect();
+        let want: Vec<(u64, String)> = [(1, "a"), (2, "b"), (3, "c"), (4, "d"), (5, "e")]
+            .into_iter()
+            .map(|(l, n)| (l, n.to_string()))
+            .collect();
+        assert_eq!(names, want);
+        assert_eq!(max, 5);
+        // Segments numbered on from each other lose nothing.
+        segment(4, &[(6, "f")]);
+        assert_eq!(read_after(&d, 0).unwrap().0.len(), 6);
     }
 
     /// Bytes this thread has caused to be written to storage (`write_bytes` of
