@@ -1028,6 +1028,20 @@ mod tests {
         assert_eq!(damage, None);
     }
 
+    /// The records after `after` in the log at `d` as (number, charge id), and the highest
+    /// number read.
+    fn read_names(d: &Path, after: u64) -> (Vec<(u64, String)>, u64) {
+        let (recs, max) = read_after(d, after).unwrap();
+        let names = recs
+            .into_iter()
+            .map(|(l, r)| match r {
+                Record::Entries { charge_id, .. } => (l, charge_id),
+                r => panic!("unexpected {r:?}"),
+            })
+            .collect();
+        (names, max)
+    }
+
     #[test]
     fn a_batch_whose_sync_fails_is_not_read_back_and_its_numbers_go_to_the_next() {
         for prefilled in [false, true] {
@@ -1049,14 +1063,7 @@ mod tests {
             // As the journal does: the failed batch's numbers are handed out again.
             w.next_lsn = kept + 1;
             append(&mut w, "next");
-            let (recs, max) = read_after(&d, kept - 1).unwrap();
-            let names: Vec<(u64, String)> = recs
-                .into_iter()
-                .map(|(l, r)| match r {
-                    Record::Entries { charge_id, .. } => (l, charge_id),
-                    r => panic!("unexpected {r:?}"),
-                })
-                .collect();
+            let (names, max) = read_names(&d, kept - 1);
             assert_eq!(
                 names,
                 [(kept, "kept".to_string()), (kept + 1, "next".to_string())],
@@ -1089,14 +1096,7 @@ mod tests {
         segment(1, &[(1, "a"), (2, "b"), (3, "lost-3"), (4, "lost-4")]);
         segment(2, &[]);
         segment(3, &[(3, "c"), (4, "d"), (5, "e")]);
-        let (recs, max) = read_after(&d, 0).unwrap();
-        let names: Vec<(u64, String)> = recs
-            .into_iter()
-            .map(|(l, r)| match r {
-                Record::Entries { charge_id, .. } => (l, charge_id),
-                r => panic!("unexpected {r:?}"),
-            })
-            .collect();
+        let (names, max) = read_names(&d, 0);
         let want: Vec<(u64, String)> = [(1, "a"), (2, "b"), (3, "c"), (4, "d"), (5, "e")]
             .into_iter()
             .map(|(l, n)| (l, n.to_string()))
