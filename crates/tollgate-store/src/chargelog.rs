@@ -12,8 +12,9 @@
 //! the checksum over the payload. Payload: `[lsn: u64][tag: u8][body]`. A record that is
 //! short, fails its checksum or does not decode ends the segment: it was being written when
 //! the process died, so its batch was never acknowledged. A batch whose write or sync failed
-//! is voided in place; should that fail too, its numbers start the next segment again, and a
-//! reader drops a segment's records whose numbers the next non-empty segment starts from.
+//! is voided in place; should that fail too, its numbers start the next segment again, that
+//! segment opening with a void marker (a frame with the batch's first number and no record),
+//! and a reader drops a segment's records whose numbers the next non-empty segment starts from.
 //!
 //! Prefilled segments: once the log sees steady traffic, the next segment is written out in
 //! full (magic, then zeros to [`SEGMENT_BYTES`]) and synced by a background thread before it
@@ -51,6 +52,13 @@ const MAX_RECORD: usize = 64 << 20;
 
 const TAG_CHARGE: u8 = 1;
 const TAG_ENTRIES: u8 = 2;
+/// A void marker: no record, only a sequence number. The first frame of a segment started
+/// after a failed batch that could not be voided in place; it gives the segment the batch's
+/// first number, so a reader drops the batch (see [`for_each_after`]) even when no record
+/// follows the marker. Readers skip it.
+const TAG_VOID: u8 = 3;
+/// Payload bytes of a void marker: the sequence number and the tag.
+const VOID_PAYLOAD: usize = 9;
 
 /// Entry kinds as stored in the log (`Entry::kind` is a static string).
 const ENTRY_KINDS: &[&str] = &["charge", "quota", "cap", "bytes", "topup", "adjust", "x402"];
@@ -198,6 +206,12 @@ fn begin(out: &mut Vec<u8>, lsn: u64, tag: u8) -> usize {
     put_u64(out, lsn);
     out.push(tag);
     start
+}
+
+/// Append a void marker numbered `lsn` ([`TAG_VOID`]).
+fn encode_void(out: &mut Vec<u8>, lsn: u64) {
+    let start = begin(out, lsn, TAG_VOID);
+    finish(out, start);
 }
 
 fn finish(out: &mut [u8], start: usize) {
@@ -365,6 +379,7 @@ pub fn decode_payload(p: &[u8]) -> Result<(u64, Record), Damaged> {
             occurred_ms: r.i64()?,
             entries: r.entries()?,
         },
+        TAG_VOID => return Err(Damaged("a void marker, not a record")),
         _ => return Err(Damaged("unknown record tag")),
     };
     if !r.b.is_empty() {
@@ -401,6 +416,10 @@ pub fn read_segment(buf: &[u8]) -> (Vec<(u64, Record)>, Option<DamageAt>) {
         let payload = &rest[8..8 + len];
         if crc32fast::hash(payload) != crc {
             return (out, Some((pos, Damaged("checksum mismatch"))));
+        }
+        if len == VOID_PAYLOAD && payload[8] == TAG_VOID {
+            pos += 8 + len;
+            continue;
         }
         match decode_payload(payload) {
             Ok(r) => out.push(r),
@@ -476,6 +495,9 @@ pub struct LogWriter {
     /// Tests: the next sync fails (as an `fdatasync` reporting EIO would).
     #[cfg(test)]
     fail_next_sync: bool,
+    /// Tests: the next [`LogWriter::void`] fails.
+    #[cfg(test)]
+    fail_next_void: bool,
 }
 
 impl LogWriter {
@@ -507,6 +529,8 @@ impl LogWriter {
             stats: Arc::default(),
             #[cfg(test)]
             fail_next_sync: false,
+            #[cfg(test)]
+            fail_next_void: false,
         })
     }
 
@@ -597,13 +621,15 @@ impl LogWriter {
             }
             Err(e) => {
                 let err = io("cannot write", &self.path, e);
+                let mut unvoided = None;
                 if !buf.is_empty() {
                     match self.void(start, buf.len()) {
                         Ok(()) => tracing::warn!(segment = %self.path.display(), offset = start,
                             "charge log batch failed; its bytes were voided"),
                         Err(e) => {
                             tracing::error!(segment = %self.path.display(), offset = start, error = %e,
-                            "charge log batch failed and could not be voided; a reader may still find its records")
+                                "charge log batch failed and could not be voided");
+                            unvoided = frame_lsn(buf);
                         }
                     }
                 }
@@ -614,11 +640,32 @@ impl LogWriter {
                         self.path = path;
                         self.bytes = MAGIC.len() as u64;
                         self.prefilled = false;
+                        if let Some(lsn) = unvoided {
+                            self.mark_void(lsn);
+                        }
                     }
-                    Err(e2) => tracing::error!(error = %e2, "no new charge log segment"),
+                    Err(e2) => tracing::error!(error = %e2,
+                        "no new charge log segment; a reader may still find the failed batch's records"),
                 }
                 Err(err)
             }
+        }
+    }
+
+    /// Start the fresh segment with a void marker numbered `lsn`, the first number of a failed
+    /// batch that could not be voided in place, and sync it: a reader then drops that batch's
+    /// records from the segment before, though no later record may follow before a crash.
+    fn mark_void(&mut self, lsn: u64) {
+        let mut m = Vec::with_capacity(8 + VOID_PAYLOAD);
+        encode_void(&mut m, lsn);
+        match self.file.write_all(&m).and_then(|()| self.file.sync_data()) {
+            Ok(()) => {
+                self.bytes += m.len() as u64;
+                tracing::warn!(segment = %self.path.display(), lsn,
+                    "charge log: the failed batch is marked void at the start of the next segment");
+            }
+            Err(e) => tracing::error!(segment = %self.path.display(), lsn, error = %e,
+                "charge log: the failed batch could not be marked void; a reader may still find its records"),
         }
     }
 
@@ -630,6 +677,10 @@ impl LogWriter {
     /// a segment), a plain one is cut back to `start`.
     fn void(&mut self, start: u64, len: usize) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next_void) {
+            return Err(std::io::Error::other("injected void failure"));
+        }
         if self.prefilled {
             let zeros = vec![0u8; len];
             self.file.write_all_at(&zeros, start)?;
@@ -786,20 +837,37 @@ pub fn for_each_after(
     Ok(max_lsn)
 }
 
-/// The sequence number of the first record of the segment at `p`, when it has a readable one.
+/// The sequence number of the first frame (a record or a void marker) of the segment at `p`,
+/// when it has a readable one.
 fn first_lsn(p: &Path) -> Option<u64> {
     use std::io::Read;
     let mut file = File::open(p).ok()?;
     let mut buf = vec![0u8; MAGIC.len() + 8];
     file.read_exact(&mut buf).ok()?;
-    let at = MAGIC.len();
-    let len = u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
-    if len == 0 || len > MAX_RECORD {
+    if &buf[..MAGIC.len()] != MAGIC {
         return None;
     }
-    buf.resize(at + 8 + len, 0);
-    file.read_exact(&mut buf[at + 8..]).ok()?;
-    read_segment(&buf).0.first().map(|(lsn, _)| *lsn)
+    let at = MAGIC.len();
+    let len = u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
+    let crc = u32::from_le_bytes([buf[at + 4], buf[at + 5], buf[at + 6], buf[at + 7]]);
+    if !(8..=MAX_RECORD).contains(&len) {
+        return None;
+    }
+    let mut payload = vec![0u8; len];
+    file.read_exact(&mut payload).ok()?;
+    if crc32fast::hash(&payload) != crc {
+        return None;
+    }
+    frame_lsn_of_payload(&payload)
+}
+
+/// The sequence number of the first frame in `buf` (whole framed records).
+fn frame_lsn(buf: &[u8]) -> Option<u64> {
+    frame_lsn_of_payload(buf.get(8..)?)
+}
+
+fn frame_lsn_of_payload(p: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(p.get(..8)?.try_into().ok()?))
 }
 
 #[cfg(test)]
@@ -1076,6 +1144,65 @@ mod tests {
             assert_eq!(damage, None);
             assert_eq!(in_failing.last().map(|r| r.0), Some(kept));
         }
+    }
+
+    #[test]
+    fn a_failed_batch_that_cannot_be_voided_is_marked_void_in_the_next_segment() {
+        for prefilled in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let d = dir.path().join("db-log");
+            let mut w = LogWriter::create(&d, 1).unwrap();
+            if prefilled {
+                fill_until_prefilled(&mut w);
+            }
+            append(&mut w, "kept");
+            let kept = w.next_lsn - 1;
+            let failing = w.path.clone();
+            let mut b = Vec::new();
+            encode_entries(&mut b, kept + 1, "lost-1", 0, &[entry(0, 1)]);
+            encode_entries(&mut b, kept + 2, "lost-2", 0, &[entry(0, 1)]);
+            w.fail_next_sync = true;
+            w.fail_next_void = true;
+            assert!(w.append(&b, true).is_err());
+            // The batch is still in the failed segment...
+            let (in_failing, _) = read_segment(&std::fs::read(&failing).unwrap());
+            assert_eq!(in_failing.last().map(|r| r.0), Some(kept + 2));
+            // ...and the process ends before any later record: a reader drops the batch all
+            // the same, for the fresh segment starts with a marker numbered like it.
+            assert_eq!(first_lsn(&w.path), Some(kept + 1), "prefilled: {prefilled}");
+            let (names, max) = read_names(&d, kept - 1);
+            assert_eq!(
+                names,
+                [(kept, "kept".to_string())],
+                "prefilled: {prefilled}"
+            );
+            assert_eq!(max, kept);
+            // Records numbered on from the marker are read; the marker itself is not a record.
+            w.next_lsn = kept + 1;
+            append(&mut w, "next");
+            let (names, max) = read_names(&d, kept - 1);
+            assert_eq!(
+                names,
+                [(kept, "kept".to_string()), (kept + 1, "next".to_string())],
+                "prefilled: {prefilled}"
+            );
+            assert_eq!(max, kept + 1);
+            let (in_fresh, damage) = read_segment(&std::fs::read(&w.path).unwrap());
+            assert_eq!(damage, None);
+            assert_eq!(in_fresh.len(), 1);
+        }
+    }
+
+    #[test]
+    fn a_void_marker_is_skipped_and_does_not_decode_as_a_record() {
+        let mut seg = MAGIC.to_vec();
+        encode_void(&mut seg, 7);
+        encode_entries(&mut seg, 7, "a", 0, &[entry(0, 1)]);
+        let (recs, damage) = read_segment(&seg);
+        assert_eq!(damage, None);
+        assert_eq!(recs.iter().map(|r| r.0).collect::<Vec<_>>(), [7]);
+        assert_eq!(frame_lsn(&seg[MAGIC.len()..]), Some(7));
+        assert!(decode_payload(&seg[MAGIC.len() + 8..MAGIC.len() + 8 + VOID_PAYLOAD]).is_err());
     }
 
     #[test]
