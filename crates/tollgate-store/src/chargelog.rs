@@ -1110,34 +1110,52 @@ mod tests {
         (names, max)
     }
 
+    /// A log (prefilled or not) with one record, "kept", then a batch of two ("lost-1",
+    /// "lost-2") whose sync fails, and the void of it too when `void_fails`. Returns the
+    /// directory (kept alive), the log's path, the writer, the number of "kept" and the path of
+    /// the segment the batch failed in.
+    fn fail_a_batch(
+        prefilled: bool,
+        void_fails: bool,
+    ) -> (tempfile::TempDir, PathBuf, LogWriter, u64, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("db-log");
+        let mut w = LogWriter::create(&d, 1).unwrap();
+        if prefilled {
+            fill_until_prefilled(&mut w);
+        }
+        append(&mut w, "kept");
+        let kept = w.next_lsn - 1;
+        let failing = w.path.clone();
+        let mut b = Vec::new();
+        encode_entries(&mut b, kept + 1, "lost-1", 0, &[entry(0, 1)]);
+        encode_entries(&mut b, kept + 2, "lost-2", 0, &[entry(0, 1)]);
+        w.fail_next_sync = true;
+        w.fail_next_void = void_fails;
+        assert!(w.append(&b, true).is_err());
+        (dir, d, w, kept, failing)
+    }
+
+    /// As the journal does after a failed batch: its numbers are handed out again, to a record
+    /// "next" that the log then reads right after "kept".
+    fn next_takes_the_failed_numbers(w: &mut LogWriter, d: &Path, kept: u64, prefilled: bool) {
+        w.next_lsn = kept + 1;
+        append(w, "next");
+        let (names, max) = read_names(d, kept - 1);
+        assert_eq!(
+            names,
+            [(kept, "kept".to_string()), (kept + 1, "next".to_string())],
+            "prefilled: {prefilled}"
+        );
+        assert_eq!(max, kept + 1);
+    }
+
     #[test]
     fn a_batch_whose_sync_fails_is_not_read_back_and_its_numbers_go_to_the_next() {
         for prefilled in [false, true] {
-            let dir = tempfile::tempdir().unwrap();
-            let d = dir.path().join("db-log");
-            let mut w = LogWriter::create(&d, 1).unwrap();
-            if prefilled {
-                fill_until_prefilled(&mut w);
-            }
-            append(&mut w, "kept");
-            let kept = w.next_lsn - 1;
-            let failing = w.path.clone();
-            let mut b = Vec::new();
-            encode_entries(&mut b, kept + 1, "lost-1", 0, &[entry(0, 1)]);
-            encode_entries(&mut b, kept + 2, "lost-2", 0, &[entry(0, 1)]);
-            w.fail_next_sync = true;
-            assert!(w.append(&b, true).is_err());
+            let (_dir, d, mut w, kept, failing) = fail_a_batch(prefilled, false);
             assert_ne!(w.path, failing, "the writer moved to a fresh segment");
-            // As the journal does: the failed batch's numbers are handed out again.
-            w.next_lsn = kept + 1;
-            append(&mut w, "next");
-            let (names, max) = read_names(&d, kept - 1);
-            assert_eq!(
-                names,
-                [(kept, "kept".to_string()), (kept + 1, "next".to_string())],
-                "prefilled: {prefilled}"
-            );
-            assert_eq!(max, kept + 1);
+            next_takes_the_failed_numbers(&mut w, &d, kept, prefilled);
             // The failed segment itself ends cleanly before the batch (voided), whatever a
             // reader of the whole log would drop.
             let (in_failing, damage) = read_segment(&std::fs::read(&failing).unwrap());
@@ -1149,21 +1167,7 @@ mod tests {
     #[test]
     fn a_failed_batch_that_cannot_be_voided_is_marked_void_in_the_next_segment() {
         for prefilled in [false, true] {
-            let dir = tempfile::tempdir().unwrap();
-            let d = dir.path().join("db-log");
-            let mut w = LogWriter::create(&d, 1).unwrap();
-            if prefilled {
-                fill_until_prefilled(&mut w);
-            }
-            append(&mut w, "kept");
-            let kept = w.next_lsn - 1;
-            let failing = w.path.clone();
-            let mut b = Vec::new();
-            encode_entries(&mut b, kept + 1, "lost-1", 0, &[entry(0, 1)]);
-            encode_entries(&mut b, kept + 2, "lost-2", 0, &[entry(0, 1)]);
-            w.fail_next_sync = true;
-            w.fail_next_void = true;
-            assert!(w.append(&b, true).is_err());
+            let (_dir, d, mut w, kept, failing) = fail_a_batch(prefilled, true);
             // The batch is still in the failed segment...
             let (in_failing, _) = read_segment(&std::fs::read(&failing).unwrap());
             assert_eq!(in_failing.last().map(|r| r.0), Some(kept + 2));
@@ -1178,15 +1182,7 @@ mod tests {
             );
             assert_eq!(max, kept);
             // Records numbered on from the marker are read; the marker itself is not a record.
-            w.next_lsn = kept + 1;
-            append(&mut w, "next");
-            let (names, max) = read_names(&d, kept - 1);
-            assert_eq!(
-                names,
-                [(kept, "kept".to_string()), (kept + 1, "next".to_string())],
-                "prefilled: {prefilled}"
-            );
-            assert_eq!(max, kept + 1);
+            next_takes_the_failed_numbers(&mut w, &d, kept, prefilled);
             let (in_fresh, damage) = read_segment(&std::fs::read(&w.path).unwrap());
             assert_eq!(damage, None);
             assert_eq!(in_fresh.len(), 1);
