@@ -400,34 +400,42 @@ pub fn read_segment(buf: &[u8]) -> (Vec<(u64, Record)>, Option<DamageAt>) {
     }
     let mut pos = MAGIC.len();
     while pos < buf.len() {
-        let rest = &buf[pos..];
-        if rest.len() < 8 {
-            return (out, Some((pos, Damaged("truncated frame"))));
-        }
-        let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
-        let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
-        if len == 0 && crc == 0 {
+        let payload = match frame(&buf[pos..]) {
+            Ok(Some(p)) => p,
             // The unwritten (zero-filled) rest of a prefilled segment.
-            break;
-        }
-        if len == 0 || len > MAX_RECORD || rest.len() - 8 < len {
-            return (out, Some((pos, Damaged("truncated record"))));
-        }
-        let payload = &rest[8..8 + len];
-        if crc32fast::hash(payload) != crc {
-            return (out, Some((pos, Damaged("checksum mismatch"))));
-        }
-        if len == VOID_PAYLOAD && payload[8] == TAG_VOID {
-            pos += 8 + len;
-            continue;
-        }
-        match decode_payload(payload) {
-            Ok(r) => out.push(r),
+            Ok(None) => break,
             Err(e) => return (out, Some((pos, e))),
+        };
+        if !(payload.len() == VOID_PAYLOAD && payload[8] == TAG_VOID) {
+            match decode_payload(payload) {
+                Ok(r) => out.push(r),
+                Err(e) => return (out, Some((pos, e))),
+            }
         }
-        pos += 8 + len;
+        pos += 8 + payload.len();
     }
     (out, None)
+}
+
+/// The frame at the start of `rest`: its payload, checksum verified; `None` at a zero frame
+/// header (the end of the written part of a prefilled segment).
+fn frame(rest: &[u8]) -> Result<Option<&[u8]>, Damaged> {
+    let Some(h) = rest.get(..8) else {
+        return Err(Damaged("truncated frame"));
+    };
+    let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+    let crc = u32::from_le_bytes([h[4], h[5], h[6], h[7]]);
+    if len == 0 && crc == 0 {
+        return Ok(None);
+    }
+    if len == 0 || len > MAX_RECORD || rest.len() - 8 < len {
+        return Err(Damaged("truncated record"));
+    }
+    let payload = &rest[8..8 + len];
+    if crc32fast::hash(payload) != crc {
+        return Err(Damaged("checksum mismatch"));
+    }
+    Ok(Some(payload))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -842,23 +850,19 @@ pub fn for_each_after(
 fn first_lsn(p: &Path) -> Option<u64> {
     use std::io::Read;
     let mut file = File::open(p).ok()?;
-    let mut buf = vec![0u8; MAGIC.len() + 8];
-    file.read_exact(&mut buf).ok()?;
-    if &buf[..MAGIC.len()] != MAGIC {
-        return None;
-    }
     let at = MAGIC.len();
+    let mut buf = vec![0u8; at + 8];
+    file.read_exact(&mut buf).ok()?;
+    if &buf[..at] != MAGIC {
+        return None;
+    }
     let len = u32::from_le_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
-    let crc = u32::from_le_bytes([buf[at + 4], buf[at + 5], buf[at + 6], buf[at + 7]]);
-    if !(8..=MAX_RECORD).contains(&len) {
+    if len > MAX_RECORD {
         return None;
     }
-    let mut payload = vec![0u8; len];
-    file.read_exact(&mut payload).ok()?;
-    if crc32fast::hash(&payload) != crc {
-        return None;
-    }
-    frame_lsn_of_payload(&payload)
+    buf.resize(at + 8 + len, 0);
+    file.read_exact(&mut buf[at + 8..]).ok()?;
+    frame_lsn_of_payload(frame(&buf[at..]).ok()??)
 }
 
 /// The sequence number of the first frame in `buf` (whole framed records).
