@@ -406,7 +406,7 @@ pub fn read_segment(buf: &[u8]) -> (Vec<(u64, Record)>, Option<DamageAt>) {
             Ok(None) => break,
             Err(e) => return (out, Some((pos, e))),
         };
-        if !(payload.len() == VOID_PAYLOAD && payload[8] == TAG_VOID) {
+        if !is_void_marker(payload) {
             match decode_payload(payload) {
                 Ok(r) => out.push(r),
                 Err(e) => return (out, Some((pos, e))),
@@ -415,6 +415,11 @@ pub fn read_segment(buf: &[u8]) -> (Vec<(u64, Record)>, Option<DamageAt>) {
         pos += 8 + payload.len();
     }
     (out, None)
+}
+
+/// Whether a frame's payload is a void marker ([`TAG_VOID`]) rather than a record.
+fn is_void_marker(payload: &[u8]) -> bool {
+    payload.len() == VOID_PAYLOAD && payload[8] == TAG_VOID
 }
 
 /// The frame at the start of `rest`: its payload, checksum verified; `None` at a zero frame
